@@ -56,7 +56,9 @@ class Request:
     turn: int = 0
     think_time_s: float = 0.0
     media: tuple[MediaPart, ...] = ()
-    tags: Mapping[str, str] = field(default=_EMPTY_TAGS)
+    # A factory, not `default=`: dataclasses reject an unhashable default (mappingproxy),
+    # and the shared read-only empty mapping is safe to hand to every request.
+    tags: Mapping[str, str] = field(default_factory=lambda: _EMPTY_TAGS)
 
     @property
     def media_tokens(self) -> int:
