@@ -1,0 +1,492 @@
+"""One completion request through the gateway: route, forward, stream back, account, log.
+
+The path: read and validate the body → features → arm (incumbent or canary) → the shared
+`Router` picks a backend → open the upstream request. A failure before the first response
+byte (connect error, 5xx, timeout, a stream that dies before its first event) tells the
+Router the attempt failed and retries on a backend not yet tried, at most `max_retries`
+times. Once the first byte is sent to the client the request is committed to its backend:
+a later failure ends the stream with an explicit error event. A client that disconnects
+cancels the handler, which closes the upstream connection (aborting the engine's work).
+Whatever happens, the finally-block completes the Router's bookkeeping, updates metrics
+and the canary's live figures, and writes the log record.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import time
+from itertools import count
+
+import orjson
+from aiohttp import web
+
+from selfserve.gateway.arms import Arm, PolicyArms
+from selfserve.gateway.backends import BackendPool
+from selfserve.gateway.config import GatewayConfig
+from selfserve.gateway.errors import ApiError
+from selfserve.gateway.features import RequestFeatures, extract_features
+from selfserve.gateway.metrics import GatewayMetrics
+from selfserve.gateway.recorder import Outcome, RequestRecorder
+from selfserve.gateway.upstream import UpstreamBroken, UpstreamResponse, UpstreamUnavailable
+from selfserve.policy.router import Router, RoutingError
+from selfserve.policy.snapshot import RequestView
+
+_PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+_DONE = b"data: [DONE]\n\n"
+
+
+class ClientGone(Exception):
+    """The client closed its connection while we were writing to it."""
+
+
+class CompletionProxy:
+    """Serves `/v1/chat/completions` and `/v1/completions` for one gateway."""
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        pool: BackendPool,
+        router: Router,
+        arms: PolicyArms,
+        metrics: GatewayMetrics,
+        recorder: RequestRecorder,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.router = router
+        self.arms = arms
+        self.metrics = metrics
+        self.recorder = recorder
+        self.rng = random.Random(config.seed)
+        # ids are unique across gateway replicas: a random instance prefix plus a counter
+        self._prefix = f"gw-{os.urandom(4).hex()}-"
+        self._ids = count()
+        self.num_in_flight = 0
+        self.draining = False
+
+    # ---- entry ------------------------------------------------------------------------
+    async def handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+        loop = asyncio.get_running_loop()
+        arrival_mono_s = loop.time()
+        arrival_unix_s = time.time()
+        try:
+            body_bytes, body = await self._read(request)
+            features = extract_features(
+                endpoint,
+                body,
+                session_header=request.headers.get("x-session-id"),
+                block_size=self.config.block_size,
+            )
+            if not self.pool.serving(features.model):
+                served = ", ".join(self.config.model_names)
+                raise ApiError(
+                    404,
+                    f"The model '{features.model}' does not exist on this gateway; served models: {served}",
+                    param="model",
+                    code="model_not_found",
+                )
+            if self.draining:
+                raise ApiError(
+                    503, "the gateway is shutting down; retry on another instance", kind="draining"
+                )
+        except ApiError as exc:
+            self.metrics.errors.labels(exc.kind).inc()
+            self.metrics.requests.labels(endpoint, "", "", str(exc.status)).inc()
+            return exc.response()
+        outcome = Outcome(
+            request_id=f"{self._prefix}{next(self._ids)}",
+            arrival_unix_s=arrival_unix_s,
+            arrival_mono_s=arrival_mono_s,
+            endpoint=endpoint,
+            model=features.model,
+            prompt_tokens=features.prompt_tokens,
+            block_hashes=features.block_hashes,
+            block_size=self.config.block_size,
+            media=features.media,
+            session_id=features.session_id,
+        )
+        self.num_in_flight += 1
+        self.metrics.in_flight.inc()
+        try:
+            return await self._serve(request, endpoint, body_bytes, body, features, outcome)
+        finally:
+            self.num_in_flight -= 1
+            self.metrics.in_flight.dec()
+
+    async def _read(self, request: web.Request) -> tuple[bytes, object]:
+        limit = self.config.limits.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            raise ApiError(
+                413,
+                f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes",
+                code="request_too_large",
+            )
+        try:
+            body_bytes = await request.read()
+        except web.HTTPRequestEntityTooLarge as exc:
+            raise ApiError(
+                413, f"request body exceeds the limit of {limit} bytes", code="request_too_large"
+            ) from exc
+        if len(body_bytes) > limit:
+            raise ApiError(
+                413,
+                f"request body of {len(body_bytes)} bytes exceeds the limit of {limit} bytes",
+                code="request_too_large",
+            )
+        try:
+            return body_bytes, orjson.loads(body_bytes)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(
+                400, f"the request body is not valid JSON: {exc}", code="invalid_json"
+            ) from exc
+
+    # ---- the accepted request ---------------------------------------------------------------
+    async def _serve(
+        self,
+        request: web.Request,
+        endpoint: str,
+        body_bytes: bytes,
+        body: dict,
+        features: RequestFeatures,
+        outcome: Outcome,
+    ) -> web.StreamResponse:
+        arm = self.arms.pick(outcome.request_id, features.session_id)
+        outcome.arm = arm.label
+        if features.stream and not features.client_wants_usage:
+            # ask the engine for usage so the log has its token counts; the extra final
+            # chunk is not forwarded to a client that did not ask for it
+            body = dict(body)
+            body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+            body_bytes = orjson.dumps(body)
+        routed_id: str | None = None
+        upstream: UpstreamResponse | None = None
+        response: web.StreamResponse | None = None
+        try:
+            async with asyncio.timeout(self.config.limits.request_timeout_s):
+                routed_id, upstream, first_event = await self._open_with_retries(
+                    endpoint, body_bytes, features, outcome, arm
+                )
+                if upstream.status != 200:
+                    return await self._pass_error(upstream, outcome)
+                if features.stream:
+                    response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+                    await response.prepare(request)
+                    await self._stream(
+                        request, response, upstream, first_event, features, outcome, routed_id
+                    )
+                    return response
+                return await self._whole(upstream, outcome, routed_id)
+        except ApiError as exc:
+            outcome.status, outcome.error, outcome.http_status = "error", exc.message, exc.status
+            self.metrics.errors.labels(exc.kind).inc()
+            return exc.response()
+        except TimeoutError:
+            message = f"request timed out after {self.config.limits.request_timeout_s:g} s"
+            outcome.status, outcome.error = "error", message
+            self.metrics.errors.labels("timeout").inc()
+            if response is None:
+                outcome.http_status = 504
+                return ApiError(504, message, code="timeout").response()
+            await self._end_stream_with_error(response, ApiError(504, message, code="timeout"))
+            return response
+        except UpstreamBroken as exc:
+            outcome.status, outcome.error = "error", exc.reason
+            self.metrics.errors.labels("midstream").inc()
+            if response is None:
+                outcome.http_status = 502
+                return ApiError(
+                    502, f"backend {exc.backend} failed: {exc.reason}", code="upstream_error"
+                ).response()
+            await self._end_stream_with_error(
+                response,
+                ApiError(
+                    502,
+                    f"backend {exc.backend} failed mid-stream: {exc.reason}",
+                    code="upstream_error",
+                ),
+            )
+            return response
+        except (ClientGone, asyncio.CancelledError, ConnectionResetError):
+            outcome.status, outcome.error, outcome.http_status = "error", "client disconnected", 499
+            self.metrics.errors.labels("disconnect").inc()
+            raise
+        finally:
+            if upstream is not None:
+                upstream.close()
+            self._finish(outcome, routed_id, arm)
+
+    async def _open_with_retries(
+        self,
+        endpoint: str,
+        body_bytes: bytes,
+        features: RequestFeatures,
+        outcome: Outcome,
+        arm: Arm,
+    ) -> tuple[str, UpstreamResponse, bytes | None]:
+        loop = asyncio.get_running_loop()
+        serving = set(self.pool.serving(features.model))
+        tried: set[int] = set()
+        last_reason = ""
+        limits = self.config.limits
+        for attempt in range(limits.max_retries + 1):
+            allowed = [
+                ok and i in serving and i not in tried for i, ok in enumerate(self.pool.healthy)
+            ]
+            if not any(allowed):
+                # health may lag behind reality (a backend just restarted): fall back to
+                # any backend serving the model that this request has not tried yet
+                allowed = [i in serving and i not in tried for i in range(len(self.pool.healthy))]
+                if not any(allowed):
+                    break
+            routed_id = (
+                outcome.request_id if attempt == 0 else f"{outcome.request_id}#retry{attempt}"
+            )
+            view = RequestView(
+                request_id=routed_id,
+                arrival_s=outcome.arrival_mono_s,
+                prompt_tokens=features.prompt_tokens,
+                media_tokens=sum(p.tokens for p in features.media),
+                expected_output_tokens=features.expected_output_tokens,
+                block_hashes=features.block_hashes,
+                block_size=self.config.block_size,
+                media_hashes=tuple(p.content_hash for p in features.media),
+                session_id=features.session_id,
+            )
+            self.arms.router_policy.current = arm
+            now_s = loop.time()
+            try:
+                index = self.router.route(view, now_s, self.pool.metrics, self.rng, allowed)
+            except RoutingError as exc:
+                raise ApiError(500, f"routing failed: {exc}", kind="internal") from exc
+            upstream = self.pool.upstreams[index]
+            outcome.backend = upstream.name
+            outcome.backend_index = index
+            self.metrics.decisions.labels(arm.label, upstream.name).inc()
+            response: UpstreamResponse | None = None
+            try:
+                response = await upstream.open(
+                    _PATHS[endpoint], body_bytes, first_byte_timeout_s=limits.first_byte_timeout_s
+                )
+                first_event = None
+                if features.stream and response.status == 200:
+                    first_event = await self._first_event(response, limits.first_byte_timeout_s)
+                return routed_id, response, first_event
+            except (UpstreamUnavailable, UpstreamBroken) as exc:
+                if response is not None:
+                    response.close()
+                last_reason = f"{upstream.name}: {exc.reason}"
+                self.router.on_complete(routed_id, loop.time(), 0, ok=False)
+                self.pool.report_failure(index, exc.reason)
+                self.metrics.backend_healthy.labels(upstream.name).set(
+                    1 if self.pool.healthy[index] else 0
+                )
+                tried.add(index)
+                if attempt < limits.max_retries:
+                    outcome.retries += 1
+                    self.metrics.retries.labels(upstream.name).inc()
+        if last_reason:
+            raise ApiError(
+                502,
+                f"no backend could serve the request after {len(tried)} attempt(s); last failure: {last_reason}",
+                code="upstream_error",
+                kind="upstream",
+            )
+        raise ApiError(
+            503,
+            f"no healthy backend serves model '{features.model}'",
+            code="no_healthy_backend",
+            kind="upstream",
+        )
+
+    async def _first_event(self, response: UpstreamResponse, timeout_s: float) -> bytes:
+        events = response.events()
+        try:
+            async with asyncio.timeout(timeout_s):
+                first = await anext(events)
+        except StopAsyncIteration as exc:
+            raise UpstreamUnavailable(
+                response.backend, "stream ended before its first event"
+            ) from exc
+        except TimeoutError as exc:
+            raise UpstreamUnavailable(
+                response.backend, f"no stream event within {timeout_s:g} s"
+            ) from exc
+        except UpstreamBroken as exc:
+            raise UpstreamUnavailable(response.backend, exc.reason) from exc
+        response.pending = events
+        return first
+
+    # ---- response bodies ----------------------------------------------------------------
+    async def _pass_error(self, upstream: UpstreamResponse, outcome: Outcome) -> web.Response:
+        """A 4xx from the engine: the request itself was at fault; pass it through."""
+        body = await upstream.read()
+        outcome.status, outcome.http_status = "error", upstream.status
+        try:
+            outcome.error = str(orjson.loads(body)["error"]["message"])[:300]
+        except (orjson.JSONDecodeError, KeyError, TypeError):
+            outcome.error = f"backend answered HTTP {upstream.status}"
+        self.metrics.errors.labels("client").inc()
+        return web.Response(status=upstream.status, body=body, content_type="application/json")
+
+    async def _whole(
+        self, upstream: UpstreamResponse, outcome: Outcome, routed_id: str
+    ) -> web.Response:
+        body = await upstream.read()
+        now = asyncio.get_running_loop().time()
+        outcome.first_token_mono_s = outcome.last_token_mono_s = now
+        self.router.on_first_token(routed_id, now)
+        try:
+            self._take_usage(orjson.loads(body).get("usage"), outcome)
+        except (orjson.JSONDecodeError, AttributeError):
+            pass
+        return web.Response(status=200, body=body, content_type="application/json")
+
+    async def _stream(
+        self,
+        request: web.Request,
+        response: web.StreamResponse,
+        upstream: UpstreamResponse,
+        first_event: bytes | None,
+        features: RequestFeatures,
+        outcome: Outcome,
+        routed_id: str,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        strip_usage = not features.client_wants_usage
+        ttft_hist, itl_hist, _ = self.metrics.latency_children(outcome.backend, outcome.arm)
+        events = upstream.pending or upstream.events()
+        event = first_event
+        saw_done = False
+        while event is not None:
+            forward = True
+            if event.startswith(b"data: "):
+                payload = event[6:].strip()
+                if payload == b"[DONE]":
+                    saw_done = True
+                else:
+                    forward = self._account_chunk(
+                        payload, outcome, routed_id, loop.time(), strip_usage, ttft_hist, itl_hist
+                    )
+            if forward:
+                try:
+                    await response.write(event)
+                except (ConnectionResetError, RuntimeError) as exc:
+                    raise ClientGone() from exc
+            if saw_done:
+                break
+            event = await anext(events, None)
+        if not saw_done:
+            raise UpstreamBroken(upstream.backend, "stream ended without [DONE]")
+        await response.write_eof()
+
+    def _account_chunk(
+        self,
+        payload: bytes,
+        outcome: Outcome,
+        routed_id: str,
+        now: float,
+        strip_usage: bool,
+        ttft_hist,
+        itl_hist,
+    ) -> bool:
+        """Update token timing from one SSE chunk; False if the chunk must not be forwarded."""
+        try:
+            chunk = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return True
+        if not isinstance(chunk, dict):
+            return True
+        if "error" in chunk and chunk["error"]:
+            raise UpstreamBroken(
+                outcome.backend, f"engine error event: {str(chunk['error'])[:200]}"
+            )
+        usage = chunk.get("usage")
+        if usage:
+            self._take_usage(usage, outcome)
+        choices = chunk.get("choices")
+        if not choices:
+            return not (usage and strip_usage)
+        choice = choices[0]
+        delta = choice.get("delta")
+        has_token = (
+            bool(choice.get("text"))
+            if delta is None
+            else bool(
+                delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls")
+            )
+        )
+        if has_token:
+            outcome.token_events += 1
+            if outcome.first_token_mono_s is None:
+                outcome.first_token_mono_s = now
+                self.router.on_first_token(routed_id, now)
+                ttft_hist.observe(now - outcome.arrival_mono_s)
+            else:
+                gap = now - outcome.last_token_mono_s
+                outcome.gap_sum_s += gap
+                outcome.num_gaps += 1
+                itl_hist.observe(gap)
+            outcome.last_token_mono_s = now
+        return True
+
+    @staticmethod
+    def _take_usage(usage: object, outcome: Outcome) -> None:
+        if not isinstance(usage, dict):
+            return
+        if isinstance(usage.get("prompt_tokens"), int):
+            outcome.usage_prompt_tokens = usage["prompt_tokens"]
+        if isinstance(usage.get("completion_tokens"), int):
+            outcome.usage_output_tokens = usage["completion_tokens"]
+        details = usage.get("prompt_tokens_details")
+        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
+            outcome.cached_tokens = details["cached_tokens"]
+
+    @staticmethod
+    async def _end_stream_with_error(response: web.StreamResponse, error: ApiError) -> None:
+        try:
+            await response.write(error.sse_event())
+            await response.write(_DONE)
+            await response.write_eof()
+        except (ConnectionResetError, RuntimeError):
+            pass
+
+    # ---- bookkeeping ------------------------------------------------------------------------
+    def _finish(self, outcome: Outcome, routed_id: str | None, arm: Arm) -> None:
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        outcome.end_mono_s = now
+        ok = outcome.status == "ok"
+        if routed_id is not None:
+            try:
+                self.router.on_complete(routed_id, now, outcome.output_tokens, ok=ok)
+            except KeyError:
+                pass  # already completed by a failed attempt
+            if ok:
+                self.pool.report_success(outcome.backend_index)
+        if outcome.backend:
+            _, _, e2e_hist = self.metrics.latency_children(outcome.backend, outcome.arm)
+            e2e_hist.observe(outcome.e2e_s)
+            if (
+                outcome.first_token_mono_s is not None
+                and outcome.endpoint
+                and routed_id
+                and not outcome.token_events
+            ):
+                # non-streaming: TTFT is the whole response time
+                self.metrics.latency_children(outcome.backend, outcome.arm)[0].observe(
+                    outcome.ttft_s
+                )
+        self.metrics.requests.labels(
+            outcome.endpoint, outcome.backend, outcome.arm, outcome.status
+        ).inc()
+        event = self.arms.record(arm, ok=ok, ttft_s=outcome.ttft_s, tpot_s=outcome.tpot_s)
+        if event is not None:
+            self.metrics.policy_events.labels(event.event).inc()
+        self.recorder.write(outcome)
