@@ -53,14 +53,14 @@ class RoundRobinPolicy(AnchorPolicy):
     """
 
     name = "round-robin"
-    counter: int = 0
+    _counter: int = 0
 
     def choose(self, snapshot: ClusterSnapshot, rng: random.Random) -> int:
         cands = healthy_candidates(snapshot)
-        return cands[self.counter % len(cands)]
+        return cands[self._counter % len(cands)]
 
     def on_route(self, snapshot: ClusterSnapshot, replica_index: int) -> None:
-        self.counter += 1
+        self._counter += 1
 
 
 @dataclass(slots=True)

@@ -59,6 +59,8 @@ DOCUMENT_KEYS: frozenset[str] = frozenset(
         "params",
         "evidence",
         "description",
+        "metadata",
+        "version",
     }
 )
 # Relative tolerance under which two scores count as a tie (float noise from weighted sums).

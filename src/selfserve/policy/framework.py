@@ -145,5 +145,5 @@ def argmin_first(cands: Sequence[int], keys: Sequence[float]) -> int:
 def argmin_random(cands: Sequence[int], keys: Sequence[float], rng: random.Random) -> int:
     """The candidate with the smallest key; ties broken uniformly with `rng`."""
     best_key = min(keys)
-    ties = [c for c, k in zip(cands, keys) if k == best_key]
+    ties = [c for c, k in zip(cands, keys, strict=True) if k == best_key]
     return ties[0] if len(ties) == 1 else ties[rng.randrange(len(ties))]

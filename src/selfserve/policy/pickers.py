@@ -22,7 +22,7 @@ class MaxScorePicker(Picker):
 
     def pick(self, candidates: tuple[int, ...], totals: Sequence[float], rng: random.Random) -> int:
         best = max(totals)
-        ties = [c for c, t in zip(candidates, totals) if t == best]
+        ties = [c for c, t in zip(candidates, totals, strict=True) if t == best]
         return ties[0] if len(ties) == 1 else ties[rng.randrange(len(ties))]
 
 

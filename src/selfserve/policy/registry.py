@@ -9,7 +9,11 @@ from __future__ import annotations
 
 from types import MappingProxyType
 
+from selfserve.policy import anchors_cache as cache
+from selfserve.policy import anchors_dynamo as dynamo
+from selfserve.policy import anchors_llmd as llmd
 from selfserve.policy import anchors_simple as simple
+from selfserve.policy import anchors_stack as stack
 from selfserve.policy import pickers, scorers
 
 
@@ -29,6 +33,15 @@ ANCHORS = _by_name(
     simple.PowerOfTwoPolicy,
     simple.LeastKVPolicy,
     simple.LiteLLMLeastBusyPolicy,
+    llmd.LlmdPolicy,
+    cache.SGLangCacheAwarePolicy,
+    dynamo.DynamoKVPolicy,
+    stack.ProductionStackPrefixAwarePolicy,
+    stack.ProductionStackSessionPolicy,
+    cache.AIBrixPrefixCachePolicy,
+    cache.RayPrefixAffinityPolicy,
+    stack.LiteLLMLatencyPolicy,
+    stack.LMetricPolicy,
 )
 
 SCORERS = _by_type(
@@ -41,6 +54,8 @@ SCORERS = _by_type(
     scorers.QueuedPrefillTokensScorer,
     scorers.DecodeTokensScorer,
     scorers.RecentTTFTScorer,
+    llmd.ApproxPrefixCacheScorer,
+    llmd.SessionAffinityScorer,
 )
 
 FILTERS = _by_type()
