@@ -1,0 +1,373 @@
+"""The step-time and energy model of one engine step on one replica (roofline + calibration).
+
+A step is a batch of prefill chunks `(new_tokens, cached_tokens)` and decoding sequences
+(their context lengths). Its time is a sum of the kernels a transformer runs one after
+another, each a roofline of FLOPs and bytes against the card's peaks times a fitted
+efficiency (`Calibration`): layer GEMMs (weights streamed, math overlapped), attention
+(causal among new tokens, over the cached prefix, and decode KV reads that grow with
+context), element-wise activation traffic and KV writes, the LM head for each sampled
+sequence, TP all-reduces over the scale-up link, a fixed per-layer time and the engine's
+own per-step overhead. Everything is precomputed into float coefficients at `create`, and a
+pure-decode step is `alpha(B) + beta(B) x total_context`, so `decode_stretch` (many decode
+steps in a row) is an exact arithmetic-series sum. No numpy in this module: the simulator
+calls it millions of times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from selfserve.catalog import Accelerator, ModelSpec, get_accelerator, get_model
+from selfserve.perf.calibration import Calibration, default_calibration, load_calibration
+from selfserve.perf.deployment import (
+    KV_DTYPE_BYTES,
+    WEIGHT_DTYPE_BYTES,
+    check_deployment,
+    kv_bytes_per_token_per_gpu,
+    kv_capacity_tokens,
+    kv_heads_per_gpu,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class StepCost:
+    """Time and energy of one step (or of a stretch of steps) on a whole replica."""
+
+    time_s: float
+    energy_j: float
+
+
+def _smooth_max(a: float, b: float, p: float) -> float:
+    """(a^p + b^p)^(1/p): between a + b (p = 1) and max(a, b) (p -> inf)."""
+    hi, lo = (a, b) if a >= b else (b, a)
+    if hi <= 0.0:
+        return 0.0
+    return hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
+
+
+class PerfModel:
+    """Step time and energy of one replica: `model` on `tp` GPUs of `hardware`.
+
+    Build with `PerfModel.create(...)`. Attributes: `model` (ModelSpec), `hardware`
+    (Accelerator), `tp`, `num_gpus`, `weight_dtype`, `calibration`, `kv_bytes_per_token`
+    (whole replica), `max_model_len`, `price_per_gpu_hour`, `idle_power_w` (per GPU).
+    """
+
+    __slots__ = (
+        "model", "hardware", "tp", "num_gpus", "weight_dtype", "calibration", "layers_only",
+        "kv_bytes_per_token", "max_model_len", "price_per_gpu_hour", "idle_power_w",
+        "_gemm_s_per_token", "_gemm_half", "_p", "_weight_fixed_s", "_expert_s", "_experts",
+        "_expert_pick", "_moe_layers", "_act_s_per_token", "_ar_s_per_token", "_ar_fixed_s",
+        "_lm_s_per_seq", "_lm_weight_s", "_fixed_s", "_seq_s", "_causal_s_per_pair",
+        "_cached_s_per_pair", "_kv_read_s_per_token", "_kv_rate", "_kv_unit_rate",
+        "_kv_tok_bytes", "_attn_flops_per_pair", "_gemm_flops_per_token", "_lm_flops_per_seq",
+        "_weight_bytes", "_expert_bytes", "_act_bytes_per_token", "_lm_bytes",
+        "_j_per_gemm_flop", "_j_per_attn_flop", "_j_per_byte", "_idle_replica_w", "_decode_cache",
+    )  # fmt: skip
+
+    @classmethod
+    def create(
+        cls,
+        model: str | ModelSpec,
+        hardware: str | Accelerator,
+        tp: int = 1,
+        weight_dtype: str = "bf16",
+        calibration: Calibration | str | Path | None = None,
+        *,
+        layers_only: bool = False,
+    ) -> PerfModel:
+        """A perf model for a deployment; raises for unknown names or a deployment that cannot run.
+
+        `calibration`: None -> the shipped calibration for this card, else the H200 one applied
+        by datasheet ratios (its factors are fractions of peak); a `Calibration` or a path to a
+        calibration JSON file otherwise. `layers_only=True` leaves out the LM head and engine
+        overhead, matching what a layer profile measures (used by `selfserve calibrate`).
+        """
+        spec = get_model(model) if isinstance(model, str) else model
+        hw = get_accelerator(hardware) if isinstance(hardware, str) else hardware
+        check_deployment(spec, hw, tp, weight_dtype)
+        if calibration is None:
+            cal = default_calibration(hw.name)
+        elif isinstance(calibration, Calibration):
+            cal = calibration.validate()
+        else:
+            cal = load_calibration(calibration)
+        return cls(spec, hw, tp, weight_dtype, cal, layers_only)
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        hw: Accelerator,
+        tp: int,
+        weight_dtype: str,
+        cal: Calibration,
+        layers_only: bool,
+    ) -> None:
+        self.model, self.hardware, self.tp, self.num_gpus = spec, hw, tp, tp
+        self.weight_dtype, self.calibration, self.layers_only = weight_dtype, cal, layers_only
+        self.max_model_len = spec.max_model_len
+        self.price_per_gpu_hour = hw.price_per_gpu_hour
+        # The fitted idle power belongs to the card it was measured on; other cards use theirs.
+        self.idle_power_w = cal.idle_power_w if cal.hardware == hw.name else hw.idle_w
+        kv_tok = kv_bytes_per_token_per_gpu(spec, tp)
+        self.kv_bytes_per_token = kv_tok * tp
+        self._kv_tok_bytes = kv_tok
+        wbytes = WEIGHT_DTYPE_BYTES[weight_dtype]
+        peak_gemm = hw.flops(weight_dtype)  # FP8/FP4 weights run W8A8/W4A4-style GEMMs
+        peak_attn = hw.bf16_flops  # attention runs in bf16 on a bf16 KV cache
+        bw = hw.hbm_bytes_per_s
+        weight_rate = bw * cal.weight_bw_efficiency
+        L, d, hd = spec.num_layers, spec.hidden_size, spec.head_dim
+
+        # Layer GEMMs: FLOPs from active params; bytes from the weights a step touches.
+        self._gemm_flops_per_token = 2.0 * spec.active_layer_params / tp
+        self._gemm_s_per_token = self._gemm_flops_per_token / (peak_gemm * cal.gemm_efficiency)
+        self._gemm_half = cal.gemm_half_tokens
+        self._p = cal.overlap_exponent
+        expert_total = spec.num_layers * spec.num_experts * spec.expert_params if spec.is_moe else 0
+        self._weight_bytes = (spec.layer_params - expert_total) * wbytes / tp
+        self._weight_fixed_s = self._weight_bytes / weight_rate
+        self._expert_bytes = (
+            spec.expert_params * spec.num_layers * wbytes / tp
+        )  # one expert, all layers
+        self._expert_s = self._expert_bytes / weight_rate
+        self._experts = spec.num_experts
+        self._expert_pick = 1.0 - spec.experts_per_token / spec.num_experts if spec.is_moe else 0.0
+        self._moe_layers = spec.is_moe
+
+        # Element-wise traffic per token (norms, residuals, gated activation; KV write).
+        ffn_per_gpu = (
+            spec.intermediate_size + spec.experts_per_token * spec.moe_intermediate_size
+        ) / tp
+        self._act_bytes_per_token = L * (10 * d + 3 * ffn_per_gpu) * 2 + kv_tok
+        self._act_s_per_token = self._act_bytes_per_token / (bw * cal.kv_bw_efficiency)
+
+        # Attention: 4 x h_q x d_h FLOPs per (query, key) pair per layer.
+        self._attn_flops_per_pair = 4.0 * L * (spec.num_heads // tp) * hd
+        self._causal_s_per_pair = self._attn_flops_per_pair / (
+            peak_attn * cal.attn_causal_efficiency
+        )
+        self._cached_s_per_pair = self._attn_flops_per_pair / (
+            peak_attn * cal.attn_cached_efficiency
+        )
+        self._kv_rate = bw * cal.kv_bw_efficiency
+        self._kv_read_s_per_token = kv_tok / self._kv_rate
+        self._kv_unit_rate = (
+            cal.attn_unit_bw_fraction * bw * kv_heads_per_gpu(spec, tp)
+        )  # per sequence
+
+        # TP all-reduce: two per layer of T x d bf16 values, ring over one link direction.
+        if tp > 1:
+            link = hw.scaleup_unidir_bytes_per_s * cal.allreduce_bw_efficiency
+            self._ar_s_per_token = 2 * L * (2.0 * (tp - 1) / tp) * d * 2 / link
+            self._ar_fixed_s = 2 * L * cal.allreduce_latency_s
+        else:
+            self._ar_s_per_token = self._ar_fixed_s = 0.0
+
+        # LM head (logits for each sampled sequence) and engine overhead: not in a layer profile.
+        if layers_only:
+            self._lm_flops_per_seq = self._lm_bytes = 0.0
+            self._lm_s_per_seq = self._lm_weight_s = 0.0
+            self._fixed_s = L * cal.layer_overhead_s + self._ar_fixed_s
+            self._seq_s = 0.0
+        else:
+            self._lm_flops_per_seq = 2.0 * spec.vocab_size * d / tp
+            self._lm_bytes = spec.vocab_size * d * wbytes / tp
+            self._lm_s_per_seq = self._lm_flops_per_seq / (peak_gemm * cal.gemm_efficiency)
+            self._lm_weight_s = self._lm_bytes / weight_rate
+            self._fixed_s = L * cal.layer_overhead_s + self._ar_fixed_s + cal.engine_step_overhead_s
+            self._seq_s = cal.engine_seq_overhead_s
+
+        # Energy per GPU: idle x time + fractions of TDP at full compute / full bandwidth.
+        self._j_per_gemm_flop = cal.compute_power_fraction * hw.tdp_w / peak_gemm
+        self._j_per_attn_flop = cal.compute_power_fraction * hw.tdp_w / peak_attn
+        self._j_per_byte = cal.memory_power_fraction * hw.tdp_w / bw
+        self._idle_replica_w = self.idle_power_w * tp
+        self._decode_cache: dict[int, tuple[float, float, float, float]] = {}
+
+    # ----- pieces -----
+    def _gemm_time(self, tokens: int) -> tuple[float, float]:
+        """Layer-GEMM time for `tokens` rows, and the weight bytes they touched."""
+        compute_s = self._gemm_s_per_token * (tokens + self._gemm_half)
+        if self._moe_layers:
+            # Distinct experts hit by `tokens` top-k draws (expected value per layer).
+            touched = self._experts * (1.0 - self._expert_pick**tokens)
+            memory_s = self._weight_fixed_s + self._expert_s * touched
+            nbytes = self._weight_bytes + self._expert_bytes * touched
+        else:
+            memory_s, nbytes = self._weight_fixed_s, self._weight_bytes
+        return _smooth_max(compute_s, memory_s, self._p), nbytes
+
+    def _lm_time(self, seqs: int) -> float:
+        if seqs == 0 or self._lm_bytes == 0.0:
+            return 0.0
+        return _smooth_max(
+            self._lm_s_per_seq * (seqs + self._gemm_half), self._lm_weight_s, self._p
+        )
+
+    def _decode_coeffs(self, batch_size: int) -> tuple[float, float, float, float]:
+        """(alpha_s, beta_s, alpha_j, beta_j): decode step time/energy = alpha + beta x total context."""
+        cached = self._decode_cache.get(batch_size)
+        if cached is not None:
+            return cached
+        b = batch_size
+        gemm_s, wbytes = self._gemm_time(b)
+        alpha_s = (gemm_s + self._lm_time(b) + self._act_s_per_token * b + self._ar_s_per_token * b
+                   + self._fixed_s + self._seq_s * b)  # fmt: skip
+        rate = self._kv_rate
+        if self._kv_unit_rate > 0.0:
+            rate = min(rate, self._kv_unit_rate * b)
+        beta_s = max(self._kv_tok_bytes / rate, self._cached_s_per_pair)
+        flops_j = (
+            self._gemm_flops_per_token * b
+        ) * self._j_per_gemm_flop + self._lm_flops_per_seq * b * self._j_per_gemm_flop
+        bytes_j = (wbytes + self._lm_bytes + self._act_bytes_per_token * b) * self._j_per_byte
+        idle = self._idle_replica_w
+        alpha_j = idle * alpha_s + (flops_j + bytes_j) * self.tp
+        beta_j = (
+            idle * beta_s
+            + (
+                self._attn_flops_per_pair * self._j_per_attn_flop
+                + self._kv_tok_bytes * self._j_per_byte
+            )
+            * self.tp
+        )
+        coeffs = (alpha_s, beta_s, alpha_j, beta_j)
+        self._decode_cache[batch_size] = coeffs
+        return coeffs
+
+    # ----- public API -----
+    def decode_step_time_s(self, batch_size: int, total_context_tokens: int) -> float:
+        """Time of one pure-decode step of `batch_size` sequences holding `total_context_tokens`."""
+        if batch_size <= 0:
+            return 0.0
+        c = self._decode_cache.get(batch_size) or self._decode_coeffs(batch_size)
+        return c[0] + c[1] * total_context_tokens
+
+    def decode_stretch(
+        self, batch_size: int, total_context_tokens: int, num_steps: int
+    ) -> StepCost:
+        """Exact sum over `num_steps` decode steps; each step adds `batch_size` context tokens."""
+        if batch_size <= 0 or num_steps <= 0:
+            return StepCost(0.0, 0.0)
+        c = self._decode_cache.get(batch_size) or self._decode_coeffs(batch_size)
+        n = num_steps
+        context_sum = n * total_context_tokens + batch_size * (n * (n - 1) // 2)
+        return StepCost(n * c[0] + c[1] * context_sum, n * c[2] + c[3] * context_sum)
+
+    def step_cost(
+        self, prefill: Sequence[tuple[int, int]], decode_contexts: Sequence[int]
+    ) -> StepCost:
+        """Time and energy of one mixed step: prefill chunks `(new, cached)` + decoding contexts."""
+        b = len(decode_contexts)
+        if not prefill:
+            if b == 0:
+                return StepCost(0.0, 0.0)
+            c = self._decode_cache.get(b) or self._decode_coeffs(b)
+            total = sum(decode_contexts)
+            return StepCost(c[0] + c[1] * total, c[2] + c[3] * total)
+        new_total = 0
+        attn_s = 0.0
+        attn_pairs = 0.0
+        kv_read_tokens = 0
+        for new, cached in prefill:
+            new_total += new
+            causal_pairs = new * (new + 1) * 0.5
+            attn_s += causal_pairs * self._causal_s_per_pair
+            if cached:
+                cached_pairs = float(new) * cached
+                attn_s += max(
+                    cached_pairs * self._cached_s_per_pair, cached * self._kv_read_s_per_token
+                )
+                attn_pairs += cached_pairs
+                kv_read_tokens += cached
+            attn_pairs += causal_pairs
+        tokens = new_total + b
+        seqs = len(prefill) + b
+        gemm_s, wbytes = self._gemm_time(tokens)
+        time_s = (gemm_s + self._lm_time(seqs) + attn_s + self._act_s_per_token * tokens
+                  + self._ar_s_per_token * tokens + self._fixed_s + self._seq_s * seqs)  # fmt: skip
+        if b:
+            total = sum(decode_contexts)
+            rate = (
+                self._kv_rate
+                if self._kv_unit_rate == 0.0
+                else min(self._kv_rate, self._kv_unit_rate * b)
+            )
+            time_s += max(self._kv_tok_bytes / rate, self._cached_s_per_pair) * total
+            attn_pairs += total
+            kv_read_tokens += total
+        energy_j = self._idle_replica_w * time_s + self.tp * (
+            (self._gemm_flops_per_token * tokens + self._lm_flops_per_seq * seqs)
+            * self._j_per_gemm_flop
+            + attn_pairs * self._attn_flops_per_pair * self._j_per_attn_flop
+            + (
+                wbytes
+                + self._lm_bytes
+                + self._act_bytes_per_token * tokens
+                + kv_read_tokens * self._kv_tok_bytes
+            )
+            * self._j_per_byte
+        )
+        return StepCost(time_s, energy_j)
+
+    def step_time_s(
+        self, prefill: Sequence[tuple[int, int]], decode_contexts: Sequence[int]
+    ) -> float:
+        """Seconds for one engine step (see `step_cost`)."""
+        if not prefill:
+            b = len(decode_contexts)
+            if b == 0:
+                return 0.0
+            c = self._decode_cache.get(b) or self._decode_coeffs(b)
+            return c[0] + c[1] * sum(decode_contexts)
+        return self.step_cost(prefill, decode_contexts).time_s
+
+    def step_energy_j(
+        self, prefill: Sequence[tuple[int, int]], decode_contexts: Sequence[int]
+    ) -> float:
+        """Joules for one engine step on the whole replica (all `num_gpus` boards, idle included)."""
+        return self.step_cost(prefill, decode_contexts).energy_j
+
+    def prefill_time_s(self, new_tokens: int, cached_tokens: int = 0) -> float:
+        """One prefill chunk alone in a step."""
+        return self.step_cost(((new_tokens, cached_tokens),), ()).time_s
+
+    def encoder_time_s(self, media_tokens: int, kind: str = "image") -> float:
+        """Encoder-stage seconds for `media_tokens` LLM media tokens (0 unless adapter-style)."""
+        if media_tokens <= 0 or self.model.fusion != "adapter":
+            return 0.0
+        enc = self.model.encoder_for(kind)
+        if enc is None:
+            return 0.0
+        cal, hw = self.calibration, self.hardware
+        positions = media_tokens * enc.inputs_per_media_token
+        compute_s = (
+            2.0
+            * enc.params
+            / self.tp
+            * (positions + cal.gemm_half_tokens)
+            / (hw.bf16_flops * cal.gemm_efficiency)
+        )
+        memory_s = enc.params * 2.0 / self.tp / (hw.hbm_bytes_per_s * cal.weight_bw_efficiency)
+        return (
+            _smooth_max(compute_s, memory_s, cal.overlap_exponent)
+            + enc.num_layers * cal.layer_overhead_s
+        )
+
+    def kv_capacity_tokens(self, gpu_memory_utilization: float = 0.9) -> int:
+        """KV-cache tokens this replica holds at the given memory utilization."""
+        return kv_capacity_tokens(
+            self.model, self.hardware, self.tp, self.weight_dtype, gpu_memory_utilization
+        )
+
+    def describe(self) -> str:
+        return f"{self.model.name} on {self.tp}x{self.hardware.name} ({self.weight_dtype})"
+
+    def __repr__(self) -> str:
+        return f"PerfModel({self.describe()}, calibration={self.calibration.hardware}/{self.calibration.model})"
+
+
+__all__ = ["KV_DTYPE_BYTES", "PerfModel", "StepCost"]
