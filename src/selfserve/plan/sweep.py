@@ -1,0 +1,115 @@
+"""The InferenceMAX view: throughput per GPU against tokens/s per user, swept over load.
+
+SemiAnalysis' InferenceMAX/InferenceX traces, for each system, the frontier of output
+tokens/s per GPU (what the owner earns) against tokens/s per user (interactivity, 1/TPOT)
+as load rises, and compares systems *at the same interactivity* — never one system's best
+point against another's worst. Here the load is the workload's own arrival process scaled
+by a rate multiplier, and the fleet is the one the plan sized for the SLO. This module holds
+the curve arithmetic (frontier, interpolation at matched interactivity); `planner` runs
+the simulations.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from selfserve.plan.measure import FleetMeasurement
+
+
+@dataclass(frozen=True, slots=True)
+class CurvePoint:
+    """One load level of one option: its interactivity and per-GPU throughput."""
+
+    rate_scale: float
+    tokens_per_s_per_user: float
+    output_tokens_per_s_per_gpu: float
+    attainment: float
+    p99_ttft_s: float
+
+
+def curve_points(measurements: Sequence[FleetMeasurement]) -> list[CurvePoint]:
+    """Points with a finite interactivity, ordered by rising load."""
+    points = [
+        CurvePoint(
+            m.rate_scale,
+            m.tokens_per_s_per_user,
+            m.output_tokens_per_s_per_gpu,
+            m.attainment,
+            m.p99_ttft_s,
+        )
+        for m in measurements
+        if math.isfinite(m.tokens_per_s_per_user) and m.output_tokens_per_s_per_gpu > 0
+    ]
+    return sorted(points, key=lambda p: p.rate_scale)
+
+
+def pareto_frontier(points: Sequence[CurvePoint]) -> list[CurvePoint]:
+    """Points not beaten on both axes, by falling interactivity (rising throughput)."""
+    ordered = sorted(
+        points, key=lambda p: (-p.tokens_per_s_per_user, -p.output_tokens_per_s_per_gpu)
+    )
+    frontier: list[CurvePoint] = []
+    best_throughput = -math.inf
+    for point in ordered:
+        if point.output_tokens_per_s_per_gpu > best_throughput:
+            frontier.append(point)
+            best_throughput = point.output_tokens_per_s_per_gpu
+    return frontier
+
+
+def throughput_at_interactivity(
+    points: Sequence[CurvePoint], tokens_per_s_per_user: float
+) -> float | None:
+    """Best tokens/s/GPU the option reaches while serving each user at ≥ this speed.
+
+    Linear interpolation between the two frontier points that bracket the level; None when
+    the option never serves users that fast (the level is beyond its curve). Below the
+    slowest measured point the best measured throughput is returned: more load would not
+    be measured, so nothing is extrapolated.
+    """
+    frontier = pareto_frontier(points)
+    if not frontier or tokens_per_s_per_user > frontier[0].tokens_per_s_per_user:
+        return None
+    for fast, slow in zip(frontier, frontier[1:], strict=False):
+        if slow.tokens_per_s_per_user <= tokens_per_s_per_user <= fast.tokens_per_s_per_user:
+            span = fast.tokens_per_s_per_user - slow.tokens_per_s_per_user
+            if span <= 0:
+                return slow.output_tokens_per_s_per_gpu
+            weight = (fast.tokens_per_s_per_user - tokens_per_s_per_user) / span
+            return fast.output_tokens_per_s_per_gpu + weight * (
+                slow.output_tokens_per_s_per_gpu - fast.output_tokens_per_s_per_gpu
+            )
+    return frontier[-1].output_tokens_per_s_per_gpu
+
+
+def matched_levels(
+    curves: Sequence[Sequence[CurvePoint]], slo_tokens_per_s_per_user: float | None, count: int = 3
+) -> list[float]:
+    """Interactivity levels every curve reaches, so each comparison is like for like.
+
+    The common range runs from the slowest point any curve measured up to the fastest level
+    that *every* curve reaches; the SLO's own level (1/TPOT target) is included when it lies
+    in that range.
+    """
+    usable = [c for c in curves if c]
+    if not usable:
+        return []
+    common_top = min(max(p.tokens_per_s_per_user for p in c) for c in usable)
+    common_bottom = max(min(p.tokens_per_s_per_user for p in c) for c in usable)
+    if common_bottom > common_top:
+        return []
+    levels = [
+        common_bottom + (common_top - common_bottom) * i / max(1, count - 1) for i in range(count)
+    ]
+    if slo_tokens_per_s_per_user and common_bottom <= slo_tokens_per_s_per_user <= common_top:
+        levels.append(slo_tokens_per_s_per_user)
+    return sorted({round(level, 3) for level in levels}, reverse=True)
+
+
+def sweep_multipliers(headroom: float | None, count: int = 5) -> list[float]:
+    """Low-load multipliers below the capacity point (the bisection supplies the high end)."""
+    top = headroom if headroom and math.isfinite(headroom) else 1.0
+    fractions = [0.1, 0.25, 0.5, 0.75, 0.9][:count]
+    return [round(top * f, 4) for f in fractions]

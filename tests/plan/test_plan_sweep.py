@@ -1,0 +1,59 @@
+"""InferenceMAX curve arithmetic: frontier, matched interactivity, load multipliers."""
+
+from __future__ import annotations
+
+import pytest
+
+from selfserve.plan.sweep import (
+    CurvePoint,
+    matched_levels,
+    pareto_frontier,
+    sweep_multipliers,
+    throughput_at_interactivity,
+)
+
+
+def point(user: float, gpu: float, scale: float = 1.0) -> CurvePoint:
+    return CurvePoint(scale, user, gpu, 0.95, 1.0)
+
+
+def test_frontier_drops_points_beaten_on_both_axes():
+    points = [point(100, 50), point(80, 40), point(60, 200), point(30, 150)]
+    frontier = pareto_frontier(points)
+    assert [(p.tokens_per_s_per_user, p.output_tokens_per_s_per_gpu) for p in frontier] == [
+        (100, 50),
+        (60, 200),
+    ]
+
+
+def test_throughput_interpolates_between_bracketing_points():
+    curve = [point(100, 100), point(50, 300)]
+    assert throughput_at_interactivity(curve, 75) == pytest.approx(200)
+    assert throughput_at_interactivity(curve, 100) == pytest.approx(100)
+
+
+def test_interactivity_beyond_the_curve_is_not_extrapolated():
+    curve = [point(100, 100), point(50, 300)]
+    assert throughput_at_interactivity(curve, 120) is None
+    # slower than any measured point: the best measured throughput, not a guess beyond it
+    assert throughput_at_interactivity(curve, 10) == pytest.approx(300)
+
+
+def test_matched_levels_lie_where_every_curve_has_points():
+    fast = [point(200, 50), point(120, 400)]
+    slow = [point(90, 80), point(40, 300)]
+    overlap_free = matched_levels([fast, slow], None)
+    assert overlap_free == []  # no common interactivity: nothing is compared
+    a = [point(150, 50), point(50, 400)]
+    b = [point(100, 80), point(20, 300)]
+    levels = matched_levels([a, b], slo_tokens_per_s_per_user=75.0)
+    assert levels[0] == pytest.approx(100) and levels[-1] == pytest.approx(50)
+    assert 75.0 in levels
+    for level in levels:
+        assert throughput_at_interactivity(a, level) is not None
+        assert throughput_at_interactivity(b, level) is not None
+
+
+def test_sweep_multipliers_scale_with_headroom():
+    assert sweep_multipliers(2.0) == [0.2, 0.5, 1.0, 1.5, 1.8]
+    assert sweep_multipliers(None) == [0.1, 0.25, 0.5, 0.75, 0.9]
