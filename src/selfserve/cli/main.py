@@ -17,6 +17,8 @@ from selfserve.cli.common import UserError, console
 COMMAND_MODULES: tuple[str, ...] = (
     "selfserve.cli.plan",
     "selfserve.cli.serve",
+    "selfserve.cli.twin",
+    "selfserve.cli.bench",
 )
 
 

@@ -76,3 +76,21 @@ def content_hash(data: bytes | str) -> int:
     """A 63-bit hash of media content (image bytes, audio bytes, a URL)."""
     raw = data.encode() if isinstance(data, str) else data
     return int.from_bytes(hashlib.blake2b(raw, digest_size=8).digest(), "little") & HASH_MASK_63
+
+
+# The chat template the twin renders messages with (the gateway and bench use it to count
+# chat prompts): each message is CHAT_ROLE_OPEN + content + CHAT_MESSAGE_END, and the
+# prompt ends with CHAT_GENERATION_PROMPT. Pieces are tokenized separately.
+CHAT_ROLE_OPEN = "<|{role}|>\n"
+CHAT_MESSAGE_END = "\n"
+CHAT_GENERATION_PROMPT = "<|assistant|>\n"
+
+
+def chat_overhead_tokens(roles: Sequence[str]) -> int:
+    """Template tokens added around chat messages with these roles (content excluded)."""
+    per_message = sum(count_tokens(CHAT_ROLE_OPEN.format(role=role)) for role in roles)
+    return (
+        per_message
+        + len(roles) * count_tokens(CHAT_MESSAGE_END)
+        + count_tokens(CHAT_GENERATION_PROMPT)
+    )
