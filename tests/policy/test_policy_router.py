@@ -1,0 +1,162 @@
+"""The Router's own bookkeeping and how it builds snapshots and calls hooks."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+
+from selfserve.policy import make_policy
+from selfserve.policy.router import Router, RoutingError, UnknownRequestError
+from selfserve.policy.snapshot import EngineMetrics, ReplicaInfo, RequestView
+
+
+def _router(policy="round-robin", n=3, **kw) -> Router:
+    infos = [ReplicaInfo(i, f"r{i}", kv_capacity_tokens=16 * 100) for i in range(n)]
+    return Router(make_policy(policy), infos, **kw)
+
+
+def _req(rid: str, now: float = 0.0, prompt: int = 100, hashes=(1, 2, 3), out=20, **kw):
+    return RequestView(rid, now, prompt, expected_output_tokens=out, block_hashes=hashes, **kw)
+
+
+class _Recorder:
+    """A policy that always picks replica `pick` and records hook calls."""
+
+    name = "recorder"
+
+    def __init__(self, pick: int = 0) -> None:
+        self.pick = pick
+        self.events: list[tuple] = []
+        self.snapshots = []
+
+    def choose(self, snapshot, rng):
+        self.snapshots.append(snapshot)
+        return self.pick
+
+    def on_route(self, snapshot, replica_index):
+        self.events.append(("route", snapshot.request.request_id, replica_index))
+
+    def on_first_token(self, request_id, replica_index, now_s):
+        self.events.append(("first", request_id, replica_index, now_s))
+
+    def on_complete(self, request_id, replica_index, now_s, ok):
+        self.events.append(("done", request_id, replica_index, ok))
+
+
+def test_dispatch_counts_prefill_then_decode_then_nothing():
+    router = _router(n=2)
+    rng = random.Random(0)
+    metrics = [None, None]
+    r0 = router.route(_req("a", prompt=100, out=20), 0.0, metrics, rng)
+    view = router.snapshot(_req("probe", hashes=()), 0.1, metrics).replicas[r0]
+    assert (view.in_flight_requests, view.prefill_requests, view.queued_prefill_tokens) == (
+        1,
+        1,
+        100,
+    )
+    router.on_first_token("a", 0.5)
+    view = router.snapshot(_req("probe", hashes=()), 0.6, metrics).replicas[r0]
+    assert (view.prefill_requests, view.queued_prefill_tokens) == (0, 0)
+    assert (view.decode_requests, view.running_decode_tokens) == (1, 120)
+    assert view.recent_ttft_s == pytest.approx(0.5)
+    router.on_complete("a", 2.0, output_tokens=20)
+    view = router.snapshot(_req("probe", hashes=()), 2.0, metrics).replicas[r0]
+    assert (view.in_flight_requests, view.decode_requests, view.running_decode_tokens) == (0, 0, 0)
+    assert view.recent_output_tokens_per_s == pytest.approx(20 / router.window_s)
+    assert router.num_in_flight == 0
+
+
+def test_prefix_hits_come_from_own_past_decisions_and_reduce_queued_prefill():
+    policy = _Recorder(pick=1)
+    router = Router(policy, [ReplicaInfo(i, f"r{i}") for i in range(2)])
+    rng = random.Random(0)
+    router.route(_req("a", prompt=100, hashes=(1, 2, 3)), 0.0, [None, None], rng)
+    router.route(_req("b", prompt=100, hashes=(1, 2, 9)), 1.0, [None, None], rng)
+    second = policy.snapshots[1]
+    assert [r.prefix_hit_tokens for r in second.replicas] == [0, 32]  # blocks 1, 2 of 16
+    view = router.snapshot(_req("probe", hashes=()), 1.0, [None, None]).replicas[1]
+    assert view.queued_prefill_tokens == 100 + (100 - 32)
+
+
+def test_completion_before_first_token_clears_prefill_counts():
+    router = _router(n=1)
+    router.route(_req("a"), 0.0, [None], random.Random(0))
+    router.on_complete("a", 1.0, output_tokens=0, ok=False)
+    view = router.snapshot(_req("p", hashes=()), 1.0, [None]).replicas[0]
+    assert (view.in_flight_requests, view.prefill_requests, view.queued_prefill_tokens) == (0, 0, 0)
+
+
+def test_scraped_metrics_pass_through_with_their_age():
+    router = _router(n=2)
+    metrics = [EngineMetrics(3, 7, 0.4, scraped_at_s=9.95), None]
+    snap = router.snapshot(_req("p"), 10.0, metrics)
+    a, b = snap.replicas
+    assert (a.num_requests_running, a.num_requests_waiting, a.kv_cache_usage) == (3, 7, 0.4)
+    assert a.metrics_age_s == pytest.approx(0.05)
+    assert math.isinf(b.metrics_age_s) and b.num_requests_waiting == 0
+
+
+def test_hooks_are_called_in_order_with_the_chosen_replica():
+    policy = _Recorder(pick=2)
+    router = Router(policy, [ReplicaInfo(i, f"r{i}") for i in range(3)])
+    router.route(_req("a"), 0.0, [None] * 3, random.Random(0))
+    router.on_first_token("a", 0.3)
+    router.on_complete("a", 1.0, 20, ok=True)
+    assert policy.events == [("route", "a", 2), ("first", "a", 2, 0.3), ("done", "a", 2, True)]
+
+
+def test_request_rate_counts_dispatches_inside_the_window_only():
+    router = _router(n=1, window_s=10.0)
+    rng = random.Random(0)
+    for k in range(5):
+        router.route(_req(f"q{k}", now=float(k)), float(k), [None], rng)
+    assert router.snapshot(_req("p"), 5.0, [None]).replicas[0].recent_requests_per_s == 0.5
+    assert router.snapshot(_req("p"), 12.5, [None]).replicas[0].recent_requests_per_s == 0.2
+
+
+def test_unhealthy_replicas_are_never_chosen():
+    router = _router("least-loaded", n=3)
+    rng = random.Random(0)
+    picks = {
+        router.route(_req(f"q{k}"), 0.0, [None] * 3, rng, healthy=[False, True, False])
+        for k in range(10)
+    }
+    assert picks == {1}
+
+
+@pytest.mark.parametrize(
+    "call, message",
+    [
+        (lambda r, g: r.route(_req("a"), 0.0, [None], g), "metrics has 1 entries"),
+        (lambda r, g: r.route(_req("a"), 0.0, [None] * 2, g, healthy=[False, False]), "no healthy"),
+    ],
+)
+def test_bad_route_calls_raise_routing_error(call, message):
+    with pytest.raises(RoutingError, match=message):
+        call(_router(n=2), random.Random(0))
+
+
+def test_policy_answer_out_of_range_is_rejected():
+    router = Router(_Recorder(pick=5), [ReplicaInfo(0, "r0")])
+    with pytest.raises(RoutingError, match="returned 5"):
+        router.route(_req("a"), 0.0, [None], random.Random(0))
+
+
+def test_events_for_unknown_requests_raise():
+    router = _router(n=1)
+    with pytest.raises(UnknownRequestError):
+        router.on_first_token("nope", 0.0)
+    with pytest.raises(UnknownRequestError):
+        router.on_complete("nope", 0.0, 1)
+
+
+def test_index_lru_evicts_oldest_blocks_first():
+    policy = _Recorder(pick=0)
+    router = Router(policy, [ReplicaInfo(0, "r0")], index_capacity_blocks=3)
+    rng = random.Random(0)
+    router.route(_req("a", hashes=(1, 2, 3)), 0.0, [None], rng)
+    router.route(_req("b", hashes=(7, 8)), 0.0, [None], rng)  # evicts 1 and 2
+    assert router.prefix_hit_tokens(_req("p", hashes=(1, 2, 3))) == [0]
+    assert router.prefix_hit_tokens(_req("p", hashes=(7, 8))) == [32]
