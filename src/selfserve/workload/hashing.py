@@ -10,6 +10,7 @@ request log mean the same thing in every process and Python version.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable, Sequence
 
 import numpy as np
@@ -96,32 +97,28 @@ def chain_rows(rows: list[list[int]], seed: int = 0) -> list[tuple[int, ...]]:
     if not rows:
         return []
     lengths = np.fromiter((len(r) for r in rows), dtype=np.int64, count=len(rows))
-    width = int(lengths.max()) if len(rows) else 0
-    if width == 0:
+    total = int(lengths.sum())
+    if total == 0:
         return [() for _ in rows]
+    flat = np.fromiter(itertools.chain.from_iterable(rows), dtype=np.uint64, count=total)
+    offsets = np.zeros(len(rows) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    # Rows sorted longest first: the rows still alive at block position j are a prefix.
     order = np.argsort(-lengths, kind="stable")
     sorted_lengths = lengths[order]
-    # Column j holds the j-th id of every row that long; rows are sorted longest first, so
-    # each column is a prefix of the row order.
-    flat = np.fromiter(
-        (v for i in order.tolist() for v in rows[i]), dtype=np.uint64, count=int(lengths.sum())
-    )
-    starts = np.concatenate(([0], np.cumsum(sorted_lengths)[:-1]))
-    result = np.empty(int(lengths.sum()), dtype=np.uint64)
+    sorted_starts = offsets[:-1][order]
+    result = np.empty(total, dtype=np.uint64)
     parent = np.full(len(rows), seed, dtype=np.uint64)
     with np.errstate(over="ignore"):
-        for j in range(width):
+        for j in range(int(sorted_lengths[0])):
             live = int(np.searchsorted(-sorted_lengths, -j, side="left"))  # rows with len > j
-            idx = starts[:live] + j
+            idx = sorted_starts[:live] + j
             h = _combine_np(parent[:live], flat[idx])
             result[idx] = h
             parent[:live] = h
-    out: list[tuple[int, ...]] = [()] * len(rows)
     values = result.astype(np.int64).tolist()
-    for rank, row_index in enumerate(order.tolist()):
-        s = int(starts[rank])
-        out[row_index] = tuple(values[s : s + int(sorted_lengths[rank])])
-    return out
+    bounds = offsets.tolist()
+    return [tuple(values[bounds[i] : bounds[i + 1]]) for i in range(len(rows))]
 
 
 def _combine_np(parent: np.ndarray, value: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ MediaKind = Literal["image", "audio", "video"]
 MEDIA_KINDS: tuple[str, ...] = ("image", "audio", "video")
 
 _EMPTY_TAGS: Mapping[str, str] = MappingProxyType({})
+EMPTY_TAGS = _EMPTY_TAGS  # public name for readers that build requests without tags
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +80,8 @@ class Workload:
     source: str = ""
     block_size: int = 16
     warnings: list[str] = field(default_factory=list)
+    # Records a reader skipped as malformed under `skip_bad=True` (never silently dropped).
+    skipped_records: int = 0
 
     def __len__(self) -> int:
         return len(self.requests)
