@@ -33,6 +33,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "idle_power_w": (0.0, 5000.0),
     "compute_power_fraction": (0.0, 2.0),
     "memory_power_fraction": (0.0, 2.0),
+    "kv_power_fraction": (0.0, 2.0),
     "allreduce_bw_efficiency": (0.01, 1.0),
     "allreduce_latency_s": (0.0, 1e-3),
     "engine_step_overhead_s": (0.0, 1.0),
@@ -58,7 +59,8 @@ class Calibration:
       `attn_cached_efficiency`: for attention of new tokens over a cached prefix.
     - `layer_overhead_s`: fixed time per layer per step (launches, small kernels).
     - energy: `idle_power_w` (whole board) + `compute_power_fraction` x TDP x (FLOPs/peak)
-      + `memory_power_fraction` x TDP x (bytes/peak bandwidth), in joules per step.
+      + `memory_power_fraction` x TDP x (weight and activation bytes / peak bandwidth)
+      + `kv_power_fraction` x TDP x (KV-cache bytes read / peak bandwidth), joules per step.
     Assumed (no profile measures them; override in the file):
     - `allreduce_bw_efficiency`, `allreduce_latency_s`: ring all-reduce over the scale-up
       link, two per layer when TP > 1.
@@ -78,6 +80,7 @@ class Calibration:
     idle_power_w: float = 124.0
     compute_power_fraction: float = 0.6
     memory_power_fraction: float = 0.3
+    kv_power_fraction: float = 0.6
     allreduce_bw_efficiency: float = 0.7
     allreduce_latency_s: float = 8e-6
     engine_step_overhead_s: float = 0.8e-3

@@ -64,7 +64,7 @@ class PerfModel:
         "_cached_s_per_pair", "_kv_read_s_per_token", "_kv_rate", "_kv_unit_rate",
         "_kv_tok_bytes", "_attn_flops_per_pair", "_gemm_flops_per_token", "_lm_flops_per_seq",
         "_weight_bytes", "_expert_bytes", "_act_bytes_per_token", "_lm_bytes",
-        "_j_per_gemm_flop", "_j_per_attn_flop", "_j_per_byte", "_idle_replica_w", "_decode_cache",
+        "_compute_w", "_j_per_byte", "_j_per_kv_byte", "_idle_replica_w", "_decode_cache",
     )  # fmt: skip
 
     @classmethod
@@ -180,16 +180,18 @@ class PerfModel:
             self._fixed_s = L * cal.layer_overhead_s + self._ar_fixed_s + cal.engine_step_overhead_s
             self._seq_s = cal.engine_seq_overhead_s
 
-        # Energy per GPU: idle x time + fractions of TDP at full compute / full bandwidth.
-        self._j_per_gemm_flop = cal.compute_power_fraction * hw.tdp_w / peak_gemm
-        self._j_per_attn_flop = cal.compute_power_fraction * hw.tdp_w / peak_attn
+        # Energy per GPU: idle power x time, + a power draw (fraction of TDP) while kernels are
+        # compute-bound, + energy per byte moved (fraction of TDP at peak bandwidth); KV-cache
+        # reads by attention kernels draw more per byte than streamed weights on the H200 profile.
+        self._compute_w = cal.compute_power_fraction * hw.tdp_w
         self._j_per_byte = cal.memory_power_fraction * hw.tdp_w / bw
+        self._j_per_kv_byte = cal.kv_power_fraction * hw.tdp_w / bw
         self._idle_replica_w = self.idle_power_w * tp
         self._decode_cache: dict[int, tuple[float, float, float, float]] = {}
 
     # ----- pieces -----
-    def _gemm_time(self, tokens: int) -> tuple[float, float]:
-        """Layer-GEMM time for `tokens` rows, and the weight bytes they touched."""
+    def _gemm_time(self, tokens: int) -> tuple[float, float, float]:
+        """Layer-GEMM time for `tokens` rows, its compute-bound share, and weight bytes touched."""
         compute_s = self._gemm_s_per_token * (tokens + self._gemm_half)
         if self._moe_layers:
             # Distinct experts hit by `tokens` top-k draws (expected value per layer).
@@ -198,41 +200,46 @@ class PerfModel:
             nbytes = self._weight_bytes + self._expert_bytes * touched
         else:
             memory_s, nbytes = self._weight_fixed_s, self._weight_bytes
-        return _smooth_max(compute_s, memory_s, self._p), nbytes
+        total_s = _smooth_max(compute_s, memory_s, self._p)
+        return total_s, total_s * compute_s / (compute_s + memory_s), nbytes
 
-    def _lm_time(self, seqs: int) -> float:
+    def _lm_time(self, seqs: int) -> tuple[float, float]:
+        """LM-head time for `seqs` sampled rows, and its compute-bound share."""
         if seqs == 0 or self._lm_bytes == 0.0:
-            return 0.0
-        return _smooth_max(
-            self._lm_s_per_seq * (seqs + self._gemm_half), self._lm_weight_s, self._p
-        )
+            return 0.0, 0.0
+        compute_s = self._lm_s_per_seq * (seqs + self._gemm_half)
+        total_s = _smooth_max(compute_s, self._lm_weight_s, self._p)
+        return total_s, total_s * compute_s / (compute_s + self._lm_weight_s)
+
+    def _decode_rate_slope(self, batch_size: int) -> tuple[float, float]:
+        """(seconds per context token, compute-bound part of it) of decode attention."""
+        rate = self._kv_rate
+        if self._kv_unit_rate > 0.0:
+            # Kernels without split-KV run one work unit per (sequence, KV head).
+            rate = min(rate, self._kv_unit_rate * batch_size)
+        memory_slope = self._kv_tok_bytes / rate
+        if self._cached_s_per_pair > memory_slope:
+            return self._cached_s_per_pair, self._cached_s_per_pair
+        return memory_slope, 0.0
 
     def _decode_coeffs(self, batch_size: int) -> tuple[float, float, float, float]:
-        """(alpha_s, beta_s, alpha_j, beta_j): decode step time/energy = alpha + beta x total context."""
+        """(alpha_s, beta_s, alpha_j, beta_j): decode step = alpha + beta x total context."""
         cached = self._decode_cache.get(batch_size)
         if cached is not None:
             return cached
         b = batch_size
-        gemm_s, wbytes = self._gemm_time(b)
-        alpha_s = (gemm_s + self._lm_time(b) + self._act_s_per_token * b + self._ar_s_per_token * b
+        gemm_s, gemm_busy_s, wbytes = self._gemm_time(b)
+        lm_s, lm_busy_s = self._lm_time(b)
+        alpha_s = (gemm_s + lm_s + self._act_s_per_token * b + self._ar_s_per_token * b
                    + self._fixed_s + self._seq_s * b)  # fmt: skip
-        rate = self._kv_rate
-        if self._kv_unit_rate > 0.0:
-            rate = min(rate, self._kv_unit_rate * b)
-        beta_s = max(self._kv_tok_bytes / rate, self._cached_s_per_pair)
-        flops_j = (
-            self._gemm_flops_per_token * b
-        ) * self._j_per_gemm_flop + self._lm_flops_per_seq * b * self._j_per_gemm_flop
-        bytes_j = (wbytes + self._lm_bytes + self._act_bytes_per_token * b) * self._j_per_byte
+        beta_s, beta_busy_s = self._decode_rate_slope(b)
         idle = self._idle_replica_w
-        alpha_j = idle * alpha_s + (flops_j + bytes_j) * self.tp
-        beta_j = (
-            idle * beta_s
-            + (
-                self._attn_flops_per_pair * self._j_per_attn_flop
-                + self._kv_tok_bytes * self._j_per_byte
-            )
-            * self.tp
+        alpha_bytes = wbytes + self._lm_bytes + self._act_bytes_per_token * b
+        alpha_j = idle * alpha_s + self.tp * (
+            self._compute_w * (gemm_busy_s + lm_busy_s) + self._j_per_byte * alpha_bytes
+        )
+        beta_j = idle * beta_s + self.tp * (
+            self._compute_w * beta_busy_s + self._j_per_kv_byte * self._kv_tok_bytes
         )
         coeffs = (alpha_s, beta_s, alpha_j, beta_j)
         self._decode_cache[batch_size] = coeffs
@@ -270,46 +277,39 @@ class PerfModel:
             return StepCost(c[0] + c[1] * total, c[2] + c[3] * total)
         new_total = 0
         attn_s = 0.0
-        attn_pairs = 0.0
+        busy_s = 0.0  # time in compute-bound kernels, for the power model
         kv_read_tokens = 0
         for new, cached in prefill:
             new_total += new
-            causal_pairs = new * (new + 1) * 0.5
-            attn_s += causal_pairs * self._causal_s_per_pair
+            causal_s = new * (new + 1) * 0.5 * self._causal_s_per_pair
+            attn_s += causal_s
+            busy_s += causal_s
             if cached:
-                cached_pairs = float(new) * cached
-                attn_s += max(
-                    cached_pairs * self._cached_s_per_pair, cached * self._kv_read_s_per_token
-                )
-                attn_pairs += cached_pairs
+                compute_s = float(new) * cached * self._cached_s_per_pair
+                memory_s = cached * self._kv_read_s_per_token
+                if compute_s >= memory_s:
+                    attn_s += compute_s
+                    busy_s += compute_s
+                else:
+                    attn_s += memory_s
                 kv_read_tokens += cached
-            attn_pairs += causal_pairs
         tokens = new_total + b
         seqs = len(prefill) + b
-        gemm_s, wbytes = self._gemm_time(tokens)
-        time_s = (gemm_s + self._lm_time(seqs) + attn_s + self._act_s_per_token * tokens
+        gemm_s, gemm_busy_s, wbytes = self._gemm_time(tokens)
+        lm_s, lm_busy_s = self._lm_time(seqs)
+        time_s = (gemm_s + lm_s + attn_s + self._act_s_per_token * tokens
                   + self._ar_s_per_token * tokens + self._fixed_s + self._seq_s * seqs)  # fmt: skip
+        busy_s += gemm_busy_s + lm_busy_s
         if b:
             total = sum(decode_contexts)
-            rate = (
-                self._kv_rate
-                if self._kv_unit_rate == 0.0
-                else min(self._kv_rate, self._kv_unit_rate * b)
-            )
-            time_s += max(self._kv_tok_bytes / rate, self._cached_s_per_pair) * total
-            attn_pairs += total
+            slope, busy_slope = self._decode_rate_slope(b)
+            time_s += slope * total
+            busy_s += busy_slope * total
             kv_read_tokens += total
+        nbytes = wbytes + self._lm_bytes + self._act_bytes_per_token * tokens
+        kv_bytes = kv_read_tokens * self._kv_tok_bytes
         energy_j = self._idle_replica_w * time_s + self.tp * (
-            (self._gemm_flops_per_token * tokens + self._lm_flops_per_seq * seqs)
-            * self._j_per_gemm_flop
-            + attn_pairs * self._attn_flops_per_pair * self._j_per_attn_flop
-            + (
-                wbytes
-                + self._lm_bytes
-                + self._act_bytes_per_token * tokens
-                + kv_read_tokens * self._kv_tok_bytes
-            )
-            * self._j_per_byte
+            self._compute_w * busy_s + self._j_per_byte * nbytes + self._j_per_kv_byte * kv_bytes
         )
         return StepCost(time_s, energy_j)
 
