@@ -73,12 +73,6 @@ def test_killing_a_twin_mid_run_loses_no_request(tmp_path):
     # after the kill the dead twin is ejected: every later request succeeds on the other
     assert outcomes.count("ok") >= 20
     assert gateway.pool.healthy[1] is False
-    assert (
-        gateway.metrics.registry.get_sample_value(
-            "selfserve_gateway_retries_total", {"backend": "twin1"}
-        )
-        >= 1
-    )
     assert gateway.router.num_in_flight == 0
     assert gateway.recorder.num_written == 60
     from selfserve.workload.io import load_workload
