@@ -1,0 +1,273 @@
+"""`EngineReplica`: one engine replica in simulated time — scheduler + block ledger +
+perf model, in two modes that give the same results.
+
+- Step mode (`step(now_s)`): one engine iteration per call, the real-time twin's driver
+  and the simulator's reference. A step's state change applies when it starts; its tokens
+  become visible at `end_s`.
+- Fast mode (`advance_to(t_s)`): runs every step that starts before `t_s`, but replaces
+  runs of identical pure-decode steps by one closed-form stretch, and logs first-token and
+  completion events (`events`) for the caller to deliver in time order.
+
+The replica knows nothing of other replicas or of wall clocks: time arrives as arguments.
+"""
+
+from __future__ import annotations
+
+from selfserve.engine.config import EngineConfig, EngineConfigError, RequestTooLarge
+from selfserve.engine.outputs import EngineStats, StepOutput
+from selfserve.engine.request import ABORTED, RUNNING, WAITING, EngineRequest
+from selfserve.engine.scheduler import Scheduler
+from selfserve.engine.stretch import (
+    block_slack,
+    new_blocks,
+    steps_starting_before,
+    steps_within_kv,
+)
+
+FIRST_TOKEN = 0
+FINISHED = 1
+
+
+class EngineReplica:
+    """One replica: `add` requests, then drive it with `step` or `advance_to`."""
+
+    def __init__(self, perf, config: EngineConfig | None = None, *, name: str = "replica") -> None:
+        self.perf = perf
+        self.config = config = config or EngineConfig()
+        self.name = name
+        kv_tokens = int(perf.kv_capacity_tokens(config.gpu_memory_utilization))
+        num_blocks = kv_tokens // config.block_size
+        if num_blocks < 1:
+            raise EngineConfigError(
+                f"{name}: no room for a KV cache (capacity {kv_tokens} tokens at "
+                f"gpu_memory_utilization={config.gpu_memory_utilization}); "
+                "use a larger card, more tensor parallelism or FP8 weights"
+            )
+        self.num_blocks = num_blocks
+        self.kv_capacity_tokens = num_blocks * config.block_size
+        self.max_model_len = int(perf.max_model_len)
+        self.has_encoder = perf.encoder_time_s(1024) > 0.0
+        self.scheduler = Scheduler(config, num_blocks, self.has_encoder)
+        self.requests: dict[str, EngineRequest] = {}  # admitted and not yet finished
+        self.clock_s = 0.0  # when the next step may start
+        self.events: list[tuple[float, int, EngineRequest]] = []  # fast mode only
+        self.num_steps = 0
+        self.busy_s = 0.0
+        self.energy_j = 0.0
+        self._stable_decode = False  # last step was a pure-decode step that may repeat
+        if hasattr(perf, "step_cost"):
+            self._step_cost = _cost_from_step_cost(perf)
+        else:
+            self._step_cost = _cost_from_parts(perf)
+
+    # ---- requests ---------------------------------------------------------------------
+    def check_fits(self, req: EngineRequest) -> None:
+        """Raise `RequestTooLarge` if `req` can never run here (context or KV).
+
+        `req` must be `prepare`d for this replica's block size (`add` does it).
+        """
+        total = req.total_prompt_tokens + max(1, req.output_tokens)
+        if total > self.max_model_len:
+            raise RequestTooLarge(
+                req.request_id,
+                f"prompt ({req.total_prompt_tokens}) + output ({req.output_tokens}) = "
+                f"{total} tokens exceeds {self.name}'s max_model_len {self.max_model_len}",
+            )
+        needed = req.blocks_for(total - 1, self.config.block_size)
+        if needed > self.num_blocks:
+            raise RequestTooLarge(
+                req.request_id,
+                f"needs {needed} KV blocks ({total - 1} tokens) but {self.name} holds "
+                f"{self.num_blocks} blocks ({self.kv_capacity_tokens} tokens)",
+            )
+
+    def add(self, req: EngineRequest, now_s: float) -> None:
+        """Queue `req` (arrived at `now_s`); raises `RequestTooLarge` if it can never fit."""
+        if req.request_id in self.requests:
+            raise ValueError(f"request {req.request_id!r} is already on {self.name}")
+        if req.output_tokens < 1:
+            req.output_tokens = 1  # vLLM always samples at least one token
+        req.prepare(self.config.block_size)
+        self.check_fits(req)
+        req.status = WAITING
+        sched = self.scheduler
+        if not sched.running and not sched.waiting and self.clock_s < now_s:
+            self.clock_s = now_s
+        sched.waiting.append(req)
+        self.requests[req.request_id] = req
+        self._stable_decode = False
+
+    def abort(self, request_id: str) -> bool:
+        """Drop a request wherever it is; returns False if it is not here."""
+        req = self.requests.pop(request_id, None)
+        if req is None:
+            return False
+        sched = self.scheduler
+        if req.status == RUNNING:
+            sched.ledger.release(req.held_units, req.plain_blocks)
+            sched.running.remove(req)
+        else:
+            sched.waiting.remove(req)
+        req.held_units = []
+        req.plain_blocks = req.held_blocks = 0
+        req.status = ABORTED
+        self._stable_decode = False
+        return True
+
+    @property
+    def is_idle(self) -> bool:
+        return not self.scheduler.running and not self.scheduler.waiting
+
+    # ---- step mode --------------------------------------------------------------------
+    def step(self, now_s: float) -> StepOutput | None:
+        """Run one iteration starting at max(now_s, end of the previous one); None if idle."""
+        start_s = max(now_s, self.clock_s)
+        result = self._run_step(start_s)
+        if result is None:
+            return None
+        batch, first, emitted, finished, end_s, energy_j = result
+        return StepOutput(
+            start_s=start_s,
+            end_s=end_s,
+            first_token_ids=tuple(r.request_id for r in first),
+            token_ids=tuple(r.request_id for r in emitted),
+            finished_ids=tuple(r.request_id for r in finished),
+            preempted_ids=tuple(r.request_id for r in batch.preempted),
+            num_prefill_tokens=sum(n for n, _ in batch.prefill),
+            num_decode_tokens=len(batch.decode_contexts),
+            energy_j=energy_j,
+        )
+
+    def _run_step(self, start_s: float):
+        sched = self.scheduler
+        if not sched.running and not sched.waiting:
+            return None
+        batch = sched.schedule()
+        if batch.scheduled:
+            time_s, energy_j = self._step_cost(batch.prefill, batch.decode_contexts)
+            if batch.encoder_tokens:
+                time_s += self.perf.encoder_time_s(batch.encoder_tokens)
+        else:  # everything running was preempted; admission happens next step
+            time_s = energy_j = 0.0
+        end_s = start_s + time_s
+        first, emitted, finished = sched.update(batch, end_s)
+        for req in finished:
+            del self.requests[req.request_id]
+        self.clock_s = end_s
+        self.num_steps += 1
+        self.busy_s += time_s
+        self.energy_j += energy_j
+        return batch, first, emitted, finished, end_s, energy_j
+
+    # ---- fast mode --------------------------------------------------------------------
+    def advance_to(self, t_s: float) -> None:
+        """Run every step that starts before `t_s`, logging events into `self.events`."""
+        sched = self.scheduler
+        events = self.events
+        while self.clock_s < t_s and (sched.running or sched.waiting):
+            if self._stable_decode and self._decode_stretch(t_s):
+                continue
+            result = self._run_step(self.clock_s)
+            batch, first, _, finished, end_s, _ = result
+            for req in first:
+                events.append((end_s, FIRST_TOKEN, req))
+            for req in finished:
+                events.append((end_s, FINISHED, req))
+            self._stable_decode = (
+                not batch.prefill
+                and not batch.preempted
+                and not finished
+                and not batch.num_admitted
+                and len(batch.scheduled) == len(sched.running)
+            )
+
+    def _decode_stretch(self, t_s: float) -> bool:
+        """Apply a run of identical decode steps starting before `t_s`; False if none."""
+        sched = self.scheduler
+        running = sched.running
+        block_size = self.config.block_size
+        max_steps = min(r.output_tokens - r.num_emitted_tokens for r in running)
+        slacks = [block_slack(r, block_size) for r in running]
+        max_steps = steps_within_kv(slacks, max_steps, sched.ledger.num_free_blocks, block_size)
+        if max_steps <= 0:
+            self._stable_decode = False
+            return False
+        batch_size = len(running)
+        context = sum(r.num_computed_tokens for r in running) + batch_size
+        perf = self.perf
+        n = steps_starting_before(
+            lambda q: perf.decode_stretch(batch_size, context, q).time_s if q else 0.0,
+            t_s - self.clock_s,
+            max_steps,
+        )
+        if n <= 0:
+            return False
+        cost = perf.decode_stretch(batch_size, context, n)
+        end_s = self.clock_s + cost.time_s
+        blocks = new_blocks(slacks, n, block_size)
+        sched.ledger.allocate(blocks)
+        finished: list[EngineRequest] = []
+        for req, slack in zip(running, slacks, strict=True):
+            if n > slack:
+                extra = (n - slack + block_size - 1) // block_size
+                req.plain_blocks += extra
+                req.held_blocks += extra
+            req.num_computed_tokens += n
+            req.num_emitted_tokens += n
+            if req.num_emitted_tokens >= req.output_tokens:
+                finished.append(req)
+        sched.generation_tokens += n * batch_size
+        self.num_steps += n
+        self.busy_s += cost.time_s
+        self.energy_j += cost.energy_j
+        self.clock_s = end_s
+        if finished:
+            for req in finished:
+                sched._finish(req, end_s)
+                del self.requests[req.request_id]
+                self.events.append((end_s, FINISHED, req))
+            sched.running = [r for r in running if r.status == RUNNING]
+            self._stable_decode = False
+        elif n == max_steps:
+            self._stable_decode = False  # the KV cache is full: the next step preempts
+        return True
+
+    # ---- metrics ----------------------------------------------------------------------
+    def metrics(self) -> EngineStats:
+        sched = self.scheduler
+        ledger = sched.ledger
+        return EngineStats(
+            num_running=len(sched.running),
+            num_waiting=len(sched.waiting),
+            kv_usage=ledger.usage,
+            prefix_queries_tokens=sched.prefix_queries_tokens,
+            prefix_hits_tokens=sched.prefix_hits_tokens,
+            num_preemptions=sched.num_preemptions,
+            num_steps=self.num_steps,
+            prompt_tokens=sched.prompt_tokens_computed,
+            generation_tokens=sched.generation_tokens,
+            busy_s=self.busy_s,
+            energy_j=self.energy_j,
+            num_free_blocks=ledger.num_free_blocks,
+            num_blocks=ledger.num_blocks,
+        )
+
+
+def _cost_from_step_cost(perf):
+    step_cost = perf.step_cost
+
+    def cost(prefill, decode_contexts) -> tuple[float, float]:
+        c = step_cost(prefill, decode_contexts)
+        return c.time_s, c.energy_j
+
+    return cost
+
+
+def _cost_from_parts(perf):
+    step_time_s = perf.step_time_s
+    step_energy_j = perf.step_energy_j
+
+    def cost(prefill, decode_contexts) -> tuple[float, float]:
+        return step_time_s(prefill, decode_contexts), step_energy_j(prefill, decode_contexts)
+
+    return cost

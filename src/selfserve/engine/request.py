@@ -1,0 +1,125 @@
+"""`EngineRequest`: one request inside one replica's engine, with its scheduling state.
+
+The immutable part (prompt and output sizes, prefix hashes, media) comes from the trace;
+the mutable part (tokens computed, tokens emitted, KV held, timings) is what the scheduler
+and the block ledger update. The prompt's prefix-cache layout is precomputed once into
+*units*: a unit is a run of whole engine blocks named by one chained hash (one trace block
+of 512 or 64 tokens, or one media item), so prefix lookups and KV bookkeeping cost one
+dict operation per trace block instead of one per 16-token engine block.
+
+Layout of the prefill sequence: [full text blocks][media items][text remainder], then the
+generated tokens. Media items are chained after the shared text prefix, so a repeated
+image after the same prefix hits the cache (its content hash is part of the chain).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_right
+from dataclasses import dataclass, field
+
+from selfserve.engine.blocks import hash_units
+from selfserve.workload.hashing import combine
+
+WAITING = 0
+RUNNING = 1
+FINISHED = 2
+ABORTED = 3
+
+
+@dataclass(slots=True)
+class EngineRequest:
+    """A request as an engine sees it (contract C).
+
+    `block_hashes` are chained prefix hashes of `hash_block_tokens`-token blocks (0 means
+    the engine's block size); `media_hashes` name media items whose token counts are
+    `media_part_tokens` (when empty, `media_tokens` is split evenly across the hashes).
+    """
+
+    request_id: str
+    prompt_tokens: int
+    output_tokens: int
+    block_hashes: tuple[int, ...] = ()
+    media_tokens: int = 0
+    media_hashes: tuple[int, ...] = ()
+    arrival_s: float = 0.0
+    hash_block_tokens: int = 0
+    media_part_tokens: tuple[int, ...] = ()
+    # --- scheduling state (engine-owned) ---
+    status: int = WAITING
+    num_computed_tokens: int = 0
+    num_emitted_tokens: int = 0
+    num_cached_tokens: int = -1  # prefix-cache hit at first admission; -1 = never admitted
+    num_preemptions: int = 0
+    first_token_s: float = -1.0
+    finish_s: float = -1.0
+    # prefix-cache layout, filled by `prepare`
+    unit_hashes: list[int] = field(default_factory=list)
+    unit_end_tokens: list[int] = field(default_factory=list)
+    unit_end_blocks: list[int] = field(default_factory=list)
+    # KV held: cached units (hits and registered) + private ("plain") blocks
+    held_units: list[int] = field(default_factory=list)
+    plain_blocks: int = 0
+    held_blocks: int = 0
+    next_unit: int = 0  # first unit not yet held
+    media_first_unit: int = 0  # index of the first media unit in `unit_hashes`
+    encoder_pending_tokens: int = 0  # media tokens still to encode (adapter models)
+
+    @property
+    def total_prompt_tokens(self) -> int:
+        return self.prompt_tokens + self.media_tokens
+
+    @property
+    def num_tokens(self) -> int:
+        """Tokens whose KV the next step needs: the prompt plus tokens emitted so far."""
+        return self.prompt_tokens + self.media_tokens + self.num_emitted_tokens
+
+    @property
+    def is_prefilling(self) -> bool:
+        # decoding = one token emitted per step with all earlier tokens already in KV
+        return self.num_emitted_tokens == 0 or self.num_computed_tokens < self.num_tokens - 1
+
+    def prepare(self, block_size: int) -> None:
+        """Build the unit layout for an engine with `block_size`-token blocks."""
+        units, unit_tokens = hash_units(
+            self.block_hashes, self.hash_block_tokens or block_size, block_size
+        )
+        n_text = min(len(units), self.prompt_tokens // unit_tokens) if unit_tokens else 0
+        hashes = list(units[:n_text])
+        ends = [unit_tokens * (k + 1) for k in range(n_text)]
+        blocks_per_unit = unit_tokens // block_size if unit_tokens else 0
+        end_blocks = [blocks_per_unit * (k + 1) for k in range(n_text)]
+        self.media_first_unit = n_text
+        if self.media_hashes:
+            parts = self.media_part_tokens or _split_evenly(
+                self.media_tokens, len(self.media_hashes)
+            )
+            parent = hashes[-1] if hashes else 0
+            end = ends[-1] if ends else 0
+            end_block = end_blocks[-1] if end_blocks else 0
+            for content_hash, tokens in zip(self.media_hashes, parts, strict=True):
+                if tokens <= 0:
+                    continue
+                parent = combine(combine(parent, content_hash), tokens)
+                end += tokens
+                end_block += -(-tokens // block_size)
+                hashes.append(parent)
+                ends.append(end)
+                end_blocks.append(end_block)
+        self.unit_hashes = hashes
+        self.unit_end_tokens = ends
+        self.unit_end_blocks = end_blocks
+
+    def blocks_for(self, num_tokens: int, block_size: int) -> int:
+        """KV blocks needed to hold the first `num_tokens` tokens of this request."""
+        ends = self.unit_end_tokens
+        if not ends:
+            return -(-num_tokens // block_size)
+        k = bisect_right(ends, num_tokens)
+        if k == 0:
+            return -(-num_tokens // block_size)
+        return self.unit_end_blocks[k - 1] + -(-(num_tokens - ends[k - 1]) // block_size)
+
+
+def _split_evenly(total: int, parts: int) -> tuple[int, ...]:
+    base, extra = divmod(total, parts)
+    return tuple(base + (1 if i < extra else 0) for i in range(parts))

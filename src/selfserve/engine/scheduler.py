@@ -1,0 +1,258 @@
+"""The vLLM-v1 scheduler of one replica: which requests run in the next step, and how many
+tokens each, under the sequence cap, the token budget and the KV cache.
+
+Order of decisions, as in vllm/v1/core/sched/scheduler.py: running requests first (in
+admission order; a prefill continues in chunks), allocating KV for each; when KV runs out
+the most recently admitted running request is preempted (its KV freed, recomputed later
+from scratch) and put back at the head of the waiting queue. Then, only if nothing was
+preempted, waiting requests are admitted FCFS while sequences, budget and KV allow, each
+starting from its longest cached prefix. `update` applies a step's results: tokens
+computed, units named in the prefix cache, tokens emitted, requests finished.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict, deque
+from dataclasses import dataclass, field
+
+from selfserve.engine.blocks import BlockLedger
+from selfserve.engine.config import EngineConfig
+from selfserve.engine.request import FINISHED, RUNNING, WAITING, EngineRequest
+
+
+@dataclass(slots=True)
+class Batch:
+    """What one step runs: (request, new tokens) pairs plus the perf model's inputs."""
+
+    scheduled: list[tuple[EngineRequest, int]] = field(default_factory=list)
+    prefill: list[tuple[int, int]] = field(default_factory=list)  # (new, cached before)
+    decode_contexts: list[int] = field(default_factory=list)
+    preempted: list[EngineRequest] = field(default_factory=list)
+    encoder_tokens: int = 0
+    num_admitted: int = 0
+
+
+class Scheduler:
+    """Continuous batching with chunked prefill, prefix caching and preemption."""
+
+    __slots__ = (
+        "config",
+        "ledger",
+        "waiting",
+        "running",
+        "encoder_cache",
+        "encoder_cache_tokens",
+        "encoder_capacity_tokens",
+        "has_encoder",
+        "prefix_queries_tokens",
+        "prefix_hits_tokens",
+        "num_preemptions",
+        "prompt_tokens_computed",
+        "generation_tokens",
+    )
+
+    def __init__(self, config: EngineConfig, num_blocks: int, has_encoder: bool) -> None:
+        self.config = config
+        self.ledger = BlockLedger(num_blocks)
+        self.waiting: deque[EngineRequest] = deque()
+        self.running: list[EngineRequest] = []
+        # vLLM sizes the encoder cache to the token budget (at least one item).
+        self.encoder_cache: OrderedDict[int, int] = OrderedDict()
+        self.encoder_cache_tokens = 0
+        self.encoder_capacity_tokens = config.max_num_batched_tokens
+        self.has_encoder = has_encoder
+        self.prefix_queries_tokens = 0
+        self.prefix_hits_tokens = 0
+        self.num_preemptions = 0
+        self.prompt_tokens_computed = 0
+        self.generation_tokens = 0
+
+    # ---- deciding -----------------------------------------------------------------------
+    def schedule(self) -> Batch:
+        config = self.config
+        block_size = config.block_size
+        ledger = self.ledger
+        running = self.running
+        batch = Batch()
+        scheduled = batch.scheduled
+        budget = config.max_num_batched_tokens
+        i = 0
+        while i < len(running) and budget > 0:
+            req = running[i]
+            num_new = req.num_tokens - req.num_computed_tokens
+            if num_new > budget:
+                num_new = budget
+            fits = True
+            while True:
+                need = (
+                    req.blocks_for(req.num_computed_tokens + num_new, block_size) - req.held_blocks
+                )
+                if need <= ledger.num_free_blocks:
+                    if need > 0:
+                        ledger.allocate(need)
+                        req.plain_blocks += need
+                        req.held_blocks += need
+                    break
+                victim = running.pop()
+                self._preempt(victim)
+                batch.preempted.append(victim)
+                if victim is req:
+                    fits = False
+                    break
+            if not fits:
+                break
+            scheduled.append((req, num_new))
+            budget -= num_new
+            i += 1
+        if not batch.preempted:
+            budget = self._admit(batch, budget)
+        for req, num_new in scheduled:
+            if req.is_prefilling:
+                batch.prefill.append((num_new, req.num_computed_tokens))
+            else:
+                batch.decode_contexts.append(req.num_computed_tokens + 1)
+        return batch
+
+    def _admit(self, batch: Batch, budget: int) -> int:
+        config = self.config
+        block_size = config.block_size
+        ledger = self.ledger
+        waiting = self.waiting
+        running = self.running
+        caching = config.enable_prefix_caching
+        while waiting and budget > 0 and len(running) < config.max_num_seqs:
+            req = waiting[0]
+            num_tokens = req.num_tokens
+            hits = 0
+            hit_free_blocks = 0
+            if caching:
+                units = req.unit_hashes
+                ends = req.unit_end_tokens
+                cached_blocks = ledger.cached_blocks
+                refs = ledger.cached_refs
+                # vLLM recomputes at least the last token, so a hit stops before it
+                while (
+                    hits < len(units) and ends[hits] < num_tokens and units[hits] in cached_blocks
+                ):
+                    if refs[units[hits]] == 0:
+                        hit_free_blocks += cached_blocks[units[hits]]
+                    hits += 1
+            cached_tokens = req.unit_end_tokens[hits - 1] if hits else 0
+            hit_blocks = req.unit_end_blocks[hits - 1] if hits else 0
+            num_new = num_tokens - cached_tokens
+            if num_new > budget:
+                if not config.enable_chunked_prefill:
+                    break
+                num_new = budget
+            need = req.blocks_for(cached_tokens + num_new, block_size) - hit_blocks
+            if need + hit_free_blocks > ledger.num_free_blocks:
+                break
+            waiting.popleft()
+            held = req.held_units
+            for k in range(hits):
+                ledger.acquire(req.unit_hashes[k])
+                held.append(req.unit_hashes[k])
+            ledger.allocate(need)
+            req.plain_blocks = need
+            req.held_blocks = hit_blocks + need
+            req.next_unit = hits
+            req.num_computed_tokens = cached_tokens
+            req.status = RUNNING
+            if req.num_cached_tokens < 0:
+                req.num_cached_tokens = cached_tokens
+                if self.has_encoder and req.media_hashes:
+                    batch.encoder_tokens += self._encode_missing(req, hits)
+            self.prefix_queries_tokens += num_tokens
+            self.prefix_hits_tokens += cached_tokens
+            running.append(req)
+            batch.scheduled.append((req, num_new))
+            batch.num_admitted += 1
+            budget -= num_new
+        return budget
+
+    def _encode_missing(self, req: EngineRequest, hits: int) -> int:
+        """Media tokens the encoder must run for `req` (prefix hits and cached items skip)."""
+        cache = self.encoder_cache
+        parts = [(h, t) for h, t in zip(req.media_hashes, _media_parts(req), strict=True) if t > 0]
+        tokens = 0
+        for j, (content_hash, item_tokens) in enumerate(parts):
+            if req.media_first_unit + j < hits:
+                continue  # its KV is already cached: no encoder input needed
+            if content_hash in cache:
+                cache.move_to_end(content_hash)
+                continue
+            tokens += item_tokens
+            cache[content_hash] = item_tokens
+            self.encoder_cache_tokens += item_tokens
+            while self.encoder_cache_tokens > self.encoder_capacity_tokens and len(cache) > 1:
+                _, old = cache.popitem(last=False)
+                self.encoder_cache_tokens -= old
+        return tokens
+
+    def _preempt(self, req: EngineRequest) -> None:
+        """Recompute-style preemption: free the KV, restart the request later."""
+        self.ledger.release(req.held_units, req.plain_blocks)
+        req.held_units = []
+        req.plain_blocks = 0
+        req.held_blocks = 0
+        req.next_unit = 0
+        req.num_computed_tokens = 0
+        req.num_preemptions += 1
+        req.status = WAITING
+        self.num_preemptions += 1
+        self.waiting.appendleft(req)
+
+    # ---- applying a step's results ----------------------------------------------------------
+    def update(
+        self, batch: Batch, end_s: float
+    ) -> tuple[list[EngineRequest], list[EngineRequest], list[EngineRequest]]:
+        """Apply `batch`; returns (first-token, token-emitting, finished) requests."""
+        ledger = self.ledger
+        caching = self.config.enable_prefix_caching
+        first: list[EngineRequest] = []
+        emitted: list[EngineRequest] = []
+        finished: list[EngineRequest] = []
+        for req, num_new in batch.scheduled:
+            if req.is_prefilling:
+                self.prompt_tokens_computed += num_new
+            computed = req.num_computed_tokens + num_new
+            req.num_computed_tokens = computed
+            if caching:
+                k = req.next_unit
+                ends = req.unit_end_tokens
+                while k < len(ends) and ends[k] <= computed:
+                    blocks = req.unit_end_blocks[k] - (req.unit_end_blocks[k - 1] if k else 0)
+                    if ledger.register(req.unit_hashes[k], blocks):
+                        req.held_units.append(req.unit_hashes[k])
+                        req.plain_blocks -= blocks
+                    k += 1
+                req.next_unit = k
+            if computed == req.num_tokens:
+                req.num_emitted_tokens += 1
+                self.generation_tokens += 1
+                emitted.append(req)
+                if req.first_token_s < 0:
+                    req.first_token_s = end_s
+                    first.append(req)
+                if req.num_emitted_tokens >= req.output_tokens:
+                    finished.append(req)
+        if finished:
+            for req in finished:
+                self._finish(req, end_s)
+            self.running = [r for r in self.running if r.status == RUNNING]
+        return first, emitted, finished
+
+    def _finish(self, req: EngineRequest, end_s: float) -> None:
+        self.ledger.release(req.held_units, req.plain_blocks)
+        req.held_units = []
+        req.plain_blocks = 0
+        req.held_blocks = 0
+        req.status = FINISHED
+        req.finish_s = end_s
+
+
+def _media_parts(req: EngineRequest) -> tuple[int, ...]:
+    if req.media_part_tokens:
+        return req.media_part_tokens
+    base, extra = divmod(req.media_tokens, len(req.media_hashes))
+    return tuple(base + (1 if i < extra else 0) for i in range(len(req.media_hashes)))

@@ -1,0 +1,356 @@
+"""`simulate`: replay a workload on a simulated cluster through the real `Router`.
+
+At each arrival the router sees engine metrics as of the last scrape tick (every
+`scrape_interval_s`; replicas advance lazily to the tick, are read, then advance to the
+arrival) and its own bookkeeping, kept current by first-token and completion events
+delivered in time order before the arrival. Ties at one instant: arrivals first, then
+replica events in replica order, so a request arriving when a step ends joins the next
+step, in both modes.
+
+Two modes give the same per-request results (within float rounding): `fast` (replicas
+advance lazily with closed-form decode stretches) and `step` (every engine step is an
+event on the `Environment` heap — the reference).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from typing import Any
+
+from selfserve.engine import EngineReplica, EngineRequest, RequestTooLarge
+from selfserve.engine.replica import FIRST_TOKEN
+from selfserve.policy import make_policy
+from selfserve.policy.router import Router
+from selfserve.policy.snapshot import EngineMetrics, RequestView
+from selfserve.sim.cluster import ClusterSpec
+from selfserve.sim.environment import Environment
+from selfserve.sim.result import ReplicaStats, RequestRecord, SimResult
+from selfserve.sim.slo import SLO
+from selfserve.workload.request import Request, Workload
+
+ARRIVAL_PRIORITY = 0  # replica i's events use priority 1 + i
+ProgressFn = Callable[[int, int], None]
+
+
+class SimulationError(ValueError):
+    """A simulation that cannot run as asked (bad mode, empty cluster, …)."""
+
+
+def simulate(
+    workload: Workload,
+    cluster: str | ClusterSpec,
+    policy: Any = "round-robin",
+    *,
+    rate_scale: float = 1.0,
+    seed: int = 0,
+    slo: SLO | str | None = None,
+    mode: str = "fast",
+    scrape_interval_s: float = 0.05,
+    progress: ProgressFn | None = None,
+) -> SimResult:
+    """Replay `workload` on `cluster` routed by `policy` (a spec for `make_policy`; a fresh
+    instance per run). `rate_scale` > 1 compresses inter-arrival times (faster arrivals)."""
+    if mode not in ("fast", "step"):
+        raise SimulationError(f"mode must be 'fast' or 'step', got {mode!r}")
+    if rate_scale <= 0:
+        raise SimulationError(f"rate_scale must be > 0, got {rate_scale}")
+    spec = ClusterSpec.parse(cluster)
+    replicas, infos = spec.build()
+    policy_obj = make_policy(policy)
+    router = Router(policy_obj, infos)
+    env = Environment(seed)
+    started = time.perf_counter()
+    run = _Run(workload, replicas, router, env, rate_scale, scrape_interval_s, progress)
+    if mode == "fast":
+        run.run_fast()
+    else:
+        run.run_step()
+    wall_s = time.perf_counter() - started
+    return run.result(
+        policy=getattr(policy_obj, "name", str(policy)),
+        cluster=spec.label,
+        mode=mode,
+        seed=seed,
+        rate_scale=rate_scale,
+        wall_s=wall_s,
+        slo=SLO.parse(slo),
+        groups=spec,
+    )
+
+
+class _Run:
+    """The state of one simulation run (replicas, router, requests, outcomes)."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        replicas: list[EngineReplica],
+        router: Router,
+        env: Environment,
+        rate_scale: float,
+        scrape_interval_s: float,
+        progress: ProgressFn | None,
+    ) -> None:
+        self.requests: list[Request] = list(workload.requests)
+        if any(
+            b.arrival_s < a.arrival_s
+            for a, b in zip(self.requests, self.requests[1:], strict=False)
+        ):
+            self.requests.sort(key=lambda r: r.arrival_s)  # stable: ties keep trace order
+        self.replicas = replicas
+        self.router = router
+        self.env = env
+        self.scrape_interval_s = scrape_interval_s
+        self.progress = progress
+        start = self.requests[0].arrival_s if self.requests else 0.0
+        self.start_s = 0.0
+        self.arrivals = [(r.arrival_s - start) / rate_scale for r in self.requests]
+        self.ids = _unique_ids(self.requests)
+        self.engine_requests: list[EngineRequest | None] = [None] * len(self.requests)
+        self.routes = [-1] * len(self.requests)
+        self.rejected: list[str | None] = [None] * len(self.requests)
+        self.metrics: list[EngineMetrics | None] = [None] * len(replicas)
+        self.routed_counts = [0] * len(replicas)
+        self.by_id: dict[str, EngineRequest] = {}
+
+    # ---- shared pieces ----------------------------------------------------------------
+    def _scrape(self, tick_s: float) -> None:
+        metrics = self.metrics
+        for i, replica in enumerate(self.replicas):
+            sched = replica.scheduler
+            metrics[i] = EngineMetrics(
+                num_requests_running=len(sched.running),
+                num_requests_waiting=len(sched.waiting),
+                kv_cache_usage=sched.ledger.usage,
+                scraped_at_s=tick_s,
+            )
+
+    def _tick_of(self, t_s: float) -> float:
+        interval = self.scrape_interval_s
+        if interval <= 0:
+            return t_s
+        return math.floor(t_s / interval) * interval
+
+    def _route(self, k: int, arrival_s: float) -> None:
+        req = self.requests[k]
+        rid = self.ids[k]
+        view = RequestView(
+            request_id=rid,
+            arrival_s=arrival_s,
+            prompt_tokens=req.prompt_tokens,
+            media_tokens=req.media_tokens,
+            expected_output_tokens=req.output_tokens,
+            block_hashes=req.block_hashes,
+            block_size=req.block_size,
+            media_hashes=tuple(p.content_hash for p in req.media),
+            session_id=req.session_id,
+        )
+        choice = self.router.route(view, arrival_s, self.metrics, self.env.rng)
+        self.routes[k] = choice
+        self.routed_counts[choice] += 1
+        ereq = EngineRequest(
+            request_id=rid,
+            prompt_tokens=req.prompt_tokens,
+            output_tokens=req.output_tokens,
+            block_hashes=req.block_hashes,
+            media_tokens=req.media_tokens,
+            media_hashes=view.media_hashes,
+            arrival_s=arrival_s,
+            hash_block_tokens=req.block_size,
+            media_part_tokens=tuple(p.tokens for p in req.media),
+        )
+        ereq.num_cached_tokens = -1
+        self.engine_requests[k] = ereq
+        self.by_id[rid] = ereq
+        try:
+            self.replicas[choice].add(ereq, arrival_s)
+        except RequestTooLarge as exc:
+            self.rejected[k] = exc.reason
+            self.router.on_complete(rid, arrival_s, 0, ok=False)
+
+    def _deliver(self, time_s: float, kind: int, req: EngineRequest) -> None:
+        if kind == FIRST_TOKEN:
+            self.router.on_first_token(req.request_id, time_s)
+        else:
+            self.router.on_complete(req.request_id, time_s, req.num_emitted_tokens, True)
+
+    def _tell_progress(self, k: int) -> None:
+        if self.progress is not None and (k % 1000 == 0 or k == len(self.requests)):
+            self.progress(k, len(self.requests))
+
+    # ---- fast mode --------------------------------------------------------------------
+    def run_fast(self) -> None:
+        replicas = self.replicas
+        arrivals = self.arrivals
+        last_tick = -math.inf
+        for k in range(len(self.requests)):
+            a = arrivals[k]
+            tick = self._tick_of(a)
+            if tick != last_tick:
+                for replica in replicas:
+                    if replica.clock_s < tick:
+                        replica.advance_to(tick)
+                self._scrape(tick)
+                last_tick = tick
+            for replica in replicas:
+                if replica.clock_s < a:
+                    replica.advance_to(a)
+            self._deliver_before(a)
+            self._route(k, a)
+            self._tell_progress(k + 1)
+        for replica in replicas:
+            replica.advance_to(math.inf)
+        self._deliver_before(math.inf)
+
+    def _deliver_before(self, t_s: float) -> None:
+        """Deliver logged replica events earlier than `t_s` to the router, in time order."""
+        pending = []
+        for i, replica in enumerate(self.replicas):
+            events = replica.events
+            if not events or events[0][0] >= t_s:
+                continue
+            n = 0
+            for event in events:
+                if event[0] >= t_s:
+                    break
+                pending.append((event[0], i, n, event[1], event[2]))
+                n += 1
+            del events[:n]
+        if not pending:
+            return
+        pending.sort(key=lambda e: (e[0], e[1], e[2]))
+        for time_s, _, _, kind, req in pending:
+            self._deliver(time_s, kind, req)
+
+    # ---- step mode (reference) --------------------------------------------------------
+    def run_step(self) -> None:
+        env = self.env
+        replicas = self.replicas
+        busy = [False] * len(replicas)
+        for k, a in enumerate(self.arrivals):
+            env.schedule(a, ARRIVAL_PRIORITY, ("arrival", k))
+        interval = self.scrape_interval_s
+        last_tick_index = None
+        while len(env):
+            t, _, payload = env.pop()
+            tick_index = math.floor(t / interval) if interval > 0 else None
+            if interval <= 0 or tick_index != last_tick_index:
+                if interval > 0:
+                    self._scrape(tick_index * interval)
+                last_tick_index = tick_index
+            if payload[0] == "arrival":
+                k = payload[1]
+                if interval <= 0:
+                    self._scrape(t)
+                self._route(k, t)
+                self._tell_progress(k + 1)
+                choice = self.routes[k]
+                if not busy[choice] and self.rejected[k] is None:
+                    busy[choice] = True
+                    env.schedule(t, 1 + choice, ("wake", choice, None))
+            else:
+                _, i, out = payload
+                if out is not None:
+                    for rid in out.first_token_ids:
+                        self.router.on_first_token(rid, t)
+                    for rid in out.finished_ids:
+                        req = self.by_id[rid]
+                        self.router.on_complete(rid, t, req.num_emitted_tokens, True)
+                nxt = replicas[i].step(t)
+                if nxt is None:
+                    busy[i] = False
+                else:
+                    env.schedule(nxt.end_s, 1 + i, ("step", i, nxt))
+
+    # ---- result -----------------------------------------------------------------------
+    def result(self, *, policy, cluster, mode, seed, rate_scale, wall_s, slo, groups) -> SimResult:
+        records: list[RequestRecord] = []
+        end_s = self.arrivals[-1] if self.arrivals else 0.0
+        for k, req in enumerate(self.requests):
+            ereq = self.engine_requests[k]
+            a = self.arrivals[k]
+            if self.rejected[k] is not None or ereq is None:
+                records.append(
+                    RequestRecord(
+                        request_id=self.ids[k],
+                        arrival_s=a,
+                        replica=self.routes[k],
+                        prompt_tokens=req.total_prompt_tokens,
+                        output_tokens=req.output_tokens,
+                        cached_tokens=0,
+                        ttft_s=-1.0,
+                        tpot_s=-1.0,
+                        e2e_s=-1.0,
+                        preemptions=0,
+                        rejected=self.rejected[k] or "never routed",
+                    )
+                )
+                continue
+            if ereq.finish_s < 0:
+                raise SimulationError(f"request {ereq.request_id!r} never finished")
+            ttft = ereq.first_token_s - a
+            e2e = ereq.finish_s - a
+            out = ereq.num_emitted_tokens
+            records.append(
+                RequestRecord(
+                    request_id=ereq.request_id,
+                    arrival_s=a,
+                    replica=self.routes[k],
+                    prompt_tokens=ereq.total_prompt_tokens,
+                    output_tokens=out,
+                    cached_tokens=max(0, ereq.num_cached_tokens),
+                    ttft_s=ttft,
+                    tpot_s=(e2e - ttft) / (out - 1) if out > 1 else 0.0,
+                    e2e_s=e2e,
+                    preemptions=ereq.num_preemptions,
+                )
+            )
+            end_s = max(end_s, ereq.finish_s)
+        stats = []
+        for i, replica in enumerate(self.replicas):
+            m = replica.metrics()
+            perf = replica.perf
+            stats.append(
+                ReplicaStats(
+                    name=replica.name,
+                    hardware=getattr(perf.hardware, "name", str(perf.hardware)),
+                    model=getattr(perf.model, "name", str(perf.model)),
+                    num_gpus=perf.num_gpus,
+                    requests=self.routed_counts[i],
+                    busy_s=m.busy_s,
+                    step_energy_j=m.energy_j,
+                    idle_power_w=perf.idle_power_w * perf.num_gpus,
+                    price_per_hour=perf.price_per_gpu_hour * perf.num_gpus,
+                    prefix_queries_tokens=m.prefix_queries_tokens,
+                    prefix_hits_tokens=m.prefix_hits_tokens,
+                    preemptions=m.num_preemptions,
+                    steps=m.num_steps,
+                )
+            )
+        return SimResult(
+            records=records,
+            replicas=stats,
+            start_s=self.start_s,
+            end_s=end_s,
+            policy=policy,
+            cluster=cluster,
+            mode=mode,
+            seed=seed,
+            rate_scale=rate_scale,
+            wall_s=wall_s,
+            slo=slo,
+        )
+
+
+def _unique_ids(requests: list[Request]) -> list[str]:
+    """Request ids, with repeats made unique (`id#2`, …) so none is lost or merged."""
+    seen: dict[str, int] = {}
+    ids = []
+    for req in requests:
+        rid = req.request_id
+        n = seen.get(rid, 0) + 1
+        seen[rid] = n
+        ids.append(rid if n == 1 else f"{rid}#{n}")
+    return ids
