@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 import time
@@ -41,6 +42,18 @@ def register(subparsers) -> None:
         "--no-prefix-caching", action="store_true", help="disable the engine's prefix cache"
     )
     parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=64 * 1024 * 1024,
+        help="larger request bodies get 413 (default 64 MiB)",
+    )
+    parser.add_argument(
+        "--natural-output-mean",
+        type=int,
+        default=256,
+        help="mean output length of requests without ignore_eos (default 256)",
+    )
+    parser.add_argument(
         "--ready-file", help="write {url, port, pid} here once listening (for scripts and tests)"
     )
     parser.add_argument("--json", help="on exit, write the twin's lag statistics here")
@@ -66,6 +79,8 @@ def _config(args: argparse.Namespace):
         block_size=args.block_size,
         gpu_memory_utilization=args.gpu_memory_utilization,
         enable_prefix_caching=not args.no_prefix_caching,
+        max_body_bytes=args.max_body_bytes,
+        natural_output_mean_tokens=args.natural_output_mean,
     )
 
 
@@ -88,7 +103,10 @@ def run(args: argparse.Namespace) -> int:
             f"(time scale {config.time_scale:g}) listening on {twin.url}"
         )
         if args.ready_file:
-            write_json(args.ready_file, {"url": twin.url, "port": twin.port, "pid": _pid()})
+            # Write then rename, so a watcher never reads a half-written file.
+            partial = f"{args.ready_file}.partial"
+            write_json(partial, {"url": twin.url, "port": twin.port, "pid": os.getpid()})
+            os.replace(partial, args.ready_file)
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
@@ -113,12 +131,6 @@ def run(args: argparse.Namespace) -> int:
         if args.json:
             write_json(args.json, {"lag": lag})
     return 0
-
-
-def _pid() -> int:
-    import os
-
-    return os.getpid()
 
 
 def _run_loop(coro) -> None:
