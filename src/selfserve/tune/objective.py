@@ -1,0 +1,220 @@
+"""What a candidate is worth: one policy, one workload, one cluster, one SLO → a score.
+
+Objectives (higher score is better):
+- `capacity` (default): the largest arrival-rate multiplier at which SLO attainment stays
+  ≥ 90%. Found by a geometric bracket around a starting guess, then bisection in log space
+  to a relative tolerance, then linear interpolation of attainment inside the last bracket
+  (a continuous value, so the optimizer sees small improvements). Ties: lower p99 TTFT.
+- `goodput`: requests/s meeting the SLO at the recorded rate (multiplier 1).
+- `cost`: cost per million output tokens at capacity (negated, so higher is better).
+
+Every number comes from `selfserve.sim.simulate`; the tuner never estimates performance by
+other means. `EvalPlan` carries the knobs that make search cheap (a close starting guess,
+a coarse tolerance, a cap on simulations, early rejection of clearly worse candidates) and
+validation exact (fine tolerance, no rejection).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+OBJECTIVES: tuple[str, ...] = ("capacity", "goodput", "cost")
+ATTAINMENT_TARGET = 0.9
+
+
+@dataclass(frozen=True, slots=True)
+class EvalPlan:
+    objective: str = "capacity"
+    start_rate: float = 1.0  # first multiplier tried (a good guess saves simulations)
+    rel_tol: float = 0.02  # stop bisecting when hi/lo < 1 + rel_tol
+    max_sims: int = 12
+    reject_below: float = 0.0  # stop early once capacity is known to be below this rate
+    seed: int = 0
+    target: float = ATTAINMENT_TARGET
+
+
+@dataclass(frozen=True, slots=True)
+class Probe:
+    rate: float
+    attainment: float
+    p99_ttft_s: float
+    summary: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Evaluation:
+    """The outcome of evaluating one policy: `score` (higher is better) and its evidence."""
+
+    score: float
+    objective: str
+    capacity: float | None
+    p99_ttft_s: float
+    probes: tuple[Probe, ...]
+    is_exact: bool  # False when stopped early (rejected or out of simulations)
+    error: str | None = None
+    wall_s: float = 0.0
+
+    @property
+    def attainment_curve(self) -> list[tuple[float, float]]:
+        return sorted((p.rate, p.attainment) for p in self.probes)
+
+    def summary_at_capacity(self) -> Mapping[str, Any]:
+        passing = [p for p in self.probes if p.attainment >= ATTAINMENT_TARGET]
+        if not passing:
+            return {}
+        return max(passing, key=lambda p: p.rate).summary
+
+
+def _metric(summary: Mapping[str, Any], *names: str, default: float = math.nan) -> float:
+    for name in names:
+        value = summary.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return default
+
+
+def attainment_of(summary: Mapping[str, Any]) -> float:
+    return _metric(summary, "attainment", "slo_attainment", default=0.0)
+
+
+def p99_ttft_of(summary: Mapping[str, Any]) -> float:
+    return _metric(summary, "p99_ttft_s", "ttft_p99_s", "p99_ttft")
+
+
+def goodput_of(summary: Mapping[str, Any]) -> float:
+    return _metric(summary, "goodput_requests_per_s", "goodput_rps", "goodput", default=0.0)
+
+
+def cost_of(summary: Mapping[str, Any]) -> float:
+    return _metric(summary, "cost_per_million_tokens", "cost_per_million_output_tokens")
+
+
+def run_probe(workload, cluster, policy_doc, slo, rate: float, seed: int) -> Probe:
+    from selfserve.sim import simulate  # imported late: worker processes import on demand
+
+    result = simulate(workload, cluster, policy_doc, rate_scale=rate, seed=seed, slo=slo)
+    summary = result.summary(slo)
+    return Probe(rate, attainment_of(summary), p99_ttft_of(summary), _plain(summary))
+
+
+def _plain(summary: Mapping[str, Any]) -> dict[str, Any]:
+    """Keep scalar entries only (what reports need; small to ship between processes)."""
+    return {
+        k: v
+        for k, v in summary.items()
+        if isinstance(v, (int, float, str)) and not isinstance(v, bool)
+    }
+
+
+def evaluate(workload, cluster, policy_doc, slo, plan: EvalPlan) -> Evaluation:
+    """Score one policy document on one workload; never raises for a bad candidate."""
+    import time
+
+    started = time.perf_counter()
+    try:
+        if plan.objective == "goodput":
+            probe = run_probe(workload, cluster, policy_doc, slo, 1.0, plan.seed)
+            return Evaluation(
+                score=goodput_of(probe.summary),
+                objective="goodput",
+                capacity=None,
+                p99_ttft_s=probe.p99_ttft_s,
+                probes=(probe,),
+                is_exact=True,
+                wall_s=time.perf_counter() - started,
+            )
+        capacity, probes, exact = find_capacity(workload, cluster, policy_doc, slo, plan)
+        at_capacity = _closest_passing(probes, capacity)
+        p99 = at_capacity.p99_ttft_s if at_capacity else math.inf
+        if plan.objective == "cost":
+            cost = cost_of(at_capacity.summary) if at_capacity else math.inf
+            score = -cost if math.isfinite(cost) else -1e30
+        else:
+            score = capacity
+        return Evaluation(
+            score=score,
+            objective=plan.objective,
+            capacity=capacity,
+            p99_ttft_s=p99,
+            probes=tuple(probes),
+            is_exact=exact,
+            wall_s=time.perf_counter() - started,
+        )
+    except Exception as exc:  # a candidate that breaks the simulator is a rejected candidate
+        return Evaluation(
+            score=-math.inf,
+            objective=plan.objective,
+            capacity=None,
+            p99_ttft_s=math.inf,
+            probes=(),
+            is_exact=False,
+            error=f"{type(exc).__name__}: {exc}",
+            wall_s=time.perf_counter() - started,
+        )
+
+
+def _closest_passing(probes: list[Probe], capacity: float) -> Probe | None:
+    passing = [p for p in probes if p.attainment >= ATTAINMENT_TARGET and p.rate <= capacity + 1e-9]
+    return max(passing, key=lambda p: p.rate) if passing else None
+
+
+def find_capacity(
+    workload, cluster, policy_doc, slo, plan: EvalPlan
+) -> tuple[float, list[Probe], bool]:
+    """(capacity multiplier, probes, exact?) by bracket + log bisection + interpolation."""
+    probes: list[Probe] = []
+
+    def probe(rate: float) -> Probe:
+        result = run_probe(workload, cluster, policy_doc, slo, rate, plan.seed)
+        probes.append(result)
+        return result
+
+    target = plan.target
+    lo: Probe | None = None
+    hi: Probe | None = None
+    first = probe(plan.start_rate)
+    if first.attainment >= target:
+        lo = first
+    else:
+        hi = first
+    step = 1.0 + max(4 * plan.rel_tol, 0.1)
+    # Bracket: walk away from the first probe geometrically until attainment crosses 90%.
+    while lo is None or hi is None:
+        if len(probes) >= plan.max_sims:
+            break
+        if lo is None:
+            assert hi is not None
+            if hi.rate <= plan.reject_below:
+                break  # clearly below the bar: no need to know by how much
+            nxt = probe(hi.rate / step)
+            if nxt.attainment >= target:
+                lo = nxt
+            else:
+                hi = nxt
+        else:
+            nxt = probe(lo.rate * step)
+            if nxt.attainment >= target:
+                lo = nxt
+            else:
+                hi = nxt
+        step = step * step if step < 4 else step
+    if lo is None:
+        # Failed even at the lowest rate tried: scale by how far attainment fell short.
+        lowest = min(probes, key=lambda p: p.rate)
+        return lowest.rate * max(lowest.attainment, 0.0) / target, probes, False
+    if hi is None:
+        return lo.rate, probes, False
+    while hi.rate / lo.rate > 1.0 + plan.rel_tol and len(probes) < plan.max_sims:
+        mid = probe(math.sqrt(lo.rate * hi.rate))
+        if mid.attainment >= target:
+            lo = mid
+        else:
+            hi = mid
+    exact = hi.rate / lo.rate <= 1.0 + plan.rel_tol
+    span = lo.attainment - hi.attainment
+    fraction = (lo.attainment - target) / span if span > 1e-12 else 0.0
+    capacity = lo.rate + (hi.rate - lo.rate) * min(max(fraction, 0.0), 1.0)
+    return capacity, probes, exact

@@ -1,0 +1,141 @@
+"""Where evaluations run: in this process, in local worker processes, or as Ray tasks.
+
+All three take the same jobs — `(workload key, policy document, EvalPlan)` — and return
+`Evaluation`s in submission order via futures. Workloads, the cluster and the SLO are sent
+to each worker once (process initializer, or `ray.put`), so a job ships only a small policy
+document. Workers ignore SIGINT: Ctrl-C is the tuner's to handle (it keeps the best so far),
+and a worker must not die half-way through a job because of it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Mapping
+from concurrent.futures import Future, ProcessPoolExecutor
+from typing import Any
+
+from selfserve.tune.objective import EvalPlan, Evaluation, evaluate
+
+
+class _WorkerContext:
+    """The worker process's copy of the shared inputs, set once by the pool initializer.
+
+    Process-local by construction (each worker process has its own), which is why it may
+    live on a class: the main process never writes it.
+    """
+
+    workloads: Mapping[str, Any] = {}
+    cluster: Any = None
+    slo: Any = None
+
+
+def _init_worker(workloads, cluster, slo) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _WorkerContext.workloads = workloads
+    _WorkerContext.cluster = cluster
+    _WorkerContext.slo = slo
+
+
+def _run_job(key: str, doc: dict, plan: EvalPlan) -> Evaluation:
+    return evaluate(
+        _WorkerContext.workloads[key], _WorkerContext.cluster, doc, _WorkerContext.slo, plan
+    )
+
+
+class Evaluator:
+    """Base: `submit(key, doc, plan) -> Future[Evaluation]`, `close()`, `workers`."""
+
+    workers: int = 1
+    description: str = "serial"
+
+    def submit(self, key: str, doc: dict, plan: EvalPlan) -> Future:
+        raise NotImplementedError
+
+    def close(self, cancel: bool = False) -> None:
+        return None
+
+
+class SerialEvaluator(Evaluator):
+    """Runs each job at submission, in this process (tests, debugging, one core)."""
+
+    def __init__(self, workloads: Mapping[str, Any], cluster, slo):
+        self.workloads, self.cluster, self.slo = dict(workloads), cluster, slo
+
+    def submit(self, key: str, doc: dict, plan: EvalPlan) -> Future:
+        future: Future = Future()
+        future.set_result(evaluate(self.workloads[key], self.cluster, doc, self.slo, plan))
+        return future
+
+
+class ProcessEvaluator(Evaluator):
+    """Local worker processes (the default)."""
+
+    def __init__(self, workloads: Mapping[str, Any], cluster, slo, workers: int):
+        self.workers = max(1, workers)
+        self.description = f"{self.workers} local processes"
+        self._pool = ProcessPoolExecutor(
+            max_workers=self.workers,
+            initializer=_init_worker,
+            initargs=(dict(workloads), cluster, slo),
+        )
+
+    def submit(self, key: str, doc: dict, plan: EvalPlan) -> Future:
+        return self._pool.submit(_run_job, key, doc, plan)
+
+    def close(self, cancel: bool = False) -> None:
+        self._pool.shutdown(wait=not cancel, cancel_futures=cancel)
+
+
+class RayEvaluator(Evaluator):
+    """Ray tasks on an existing cluster (`address`) or a local one (`"local"`)."""
+
+    def __init__(self, workloads: Mapping[str, Any], cluster, slo, address: str, workers: int):
+        try:
+            import ray
+        except ImportError:
+            raise RuntimeError(
+                "--ray needs the optional Ray extra: pip install 'selfserve[ray]'"
+            ) from None
+        self._ray = ray
+        self._owns_runtime = not ray.is_initialized()
+        if self._owns_runtime:
+            if address == "local":
+                ray.init(num_cpus=max(1, workers), include_dashboard=False, log_to_driver=False)
+            else:
+                ray.init(address=address, log_to_driver=False)
+        self.workers = max(1, int(ray.cluster_resources().get("CPU", workers)))
+        self.description = f"Ray at {address} ({self.workers} CPUs)"
+        self._refs = {key: ray.put(value) for key, value in workloads.items()}
+        self._cluster = ray.put(cluster)
+        self._slo = ray.put(slo)
+        self._task = ray.remote(num_cpus=1)(_ray_job)
+
+    def submit(self, key: str, doc: dict, plan: EvalPlan) -> Future:
+        ref = self._task.remote(self._refs[key], self._cluster, self._slo, doc, plan)
+        return ref.future()
+
+    def close(self, cancel: bool = False) -> None:
+        if self._owns_runtime:
+            self._ray.shutdown()
+
+
+def _ray_job(workload, cluster, slo, doc: dict, plan: EvalPlan) -> Evaluation:
+    return evaluate(workload, cluster, doc, slo, plan)
+
+
+def make_evaluator(
+    workloads: Mapping[str, Any],
+    cluster,
+    slo,
+    *,
+    workers: int | None = None,
+    ray: str | None = None,
+) -> Evaluator:
+    """The evaluator for the options: Ray when `ray` is given, else processes or serial."""
+    count = workers if workers is not None else max(1, (os.cpu_count() or 2))
+    if ray:
+        return RayEvaluator(workloads, cluster, slo, ray, count)
+    if count <= 1:
+        return SerialEvaluator(workloads, cluster, slo)
+    return ProcessEvaluator(workloads, cluster, slo, count)

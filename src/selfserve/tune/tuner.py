@@ -1,0 +1,546 @@
+"""The search: anchors first, then rounds of CMA-ES, structural mutation/crossover and an
+optional LLM proposer, all scored on the training window; then the shortlist is re-scored
+exactly and the winner validated, with every anchor, on the later validation window.
+
+Budget covers the search phase (training baselines included); validation runs after it and
+is timed separately. Ctrl-C (KeyboardInterrupt) during the search ends it and keeps the best
+so far; during validation it stops validation and the result says what was not validated.
+The winner must beat the best anchor on training (penalised for size); otherwise the best
+anchor itself is the result, so the tuner never hands back something worse than what it
+already had.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, as_completed
+from dataclasses import dataclass, field
+from typing import Any
+
+from selfserve.policy import list_anchors
+from selfserve.policy.expression import EXPRESSION_ANCHORS, anchor_document
+from selfserve.tune.cmaes import ConstantTuner
+from selfserve.tune.objective import OBJECTIVES, EvalPlan, Evaluation
+from selfserve.tune.pool import Evaluator, make_evaluator
+from selfserve.tune.proposer import LLMProposer
+from selfserve.tune.search_space import Candidate, Population, candidate_from_document
+from selfserve.tune.stats import Gain, bootstrap_ratio
+from selfserve.tune.windows import sub_windows
+
+# A seed no anchor spells out: a linear blend of load, prefill backlog, decode load and
+# expected cache hit, for CMA-ES to weigh.
+LINEAR_SEED = (
+    "in_flight_requests + 0.001 * queued_prefill_tokens + 0.00005 * running_decode_tokens"
+    " + 0.001 * max(total_prompt_tokens - prefix_hit_tokens, 0)"
+)
+
+
+class TuneError(ValueError):
+    """Options the tuner cannot work with (unknown anchor, bad objective, …)."""
+
+
+@dataclass(frozen=True, slots=True)
+class TuneConfig:
+    budget_s: float = 600.0
+    seed: int = 0
+    objective: str = "capacity"
+    anchors: tuple[str, ...] = ()  # empty: every registered anchor
+    workers: int | None = None
+    ray: str | None = None
+    proposer_url: str | None = None
+    proposer_model: str | None = None
+    complexity_penalty: float = 0.0005  # score x (1 - penalty x nodes)
+    search_rel_tol: float = 0.03
+    final_rel_tol: float = 0.01
+    max_sims: int = 10
+    bootstrap_windows: int = 6
+    curve_points: int = 5
+    shortlist: int = 3
+    cma_popsize: int = 6
+    structural_per_round: int | None = None  # default: one per worker
+
+    def check(self) -> None:
+        if self.objective not in OBJECTIVES:
+            raise TuneError(f"objective {self.objective!r} is not one of {', '.join(OBJECTIVES)}")
+        known = set(list_anchors())
+        unknown = [a for a in self.anchors if a not in known]
+        if unknown:
+            raise TuneError(
+                f"unknown anchor(s) {', '.join(unknown)}; valid: {', '.join(sorted(known))}"
+            )
+        if self.budget_s <= 0:
+            raise TuneError("budget must be positive")
+        if bool(self.proposer_url) != bool(self.proposer_model):
+            raise TuneError("--proposer-url and --proposer-model go together")
+
+
+@dataclass(slots=True)
+class Scored:
+    candidate: Candidate
+    evaluation: Evaluation
+    penalised: float
+
+
+@dataclass(slots=True)
+class HistoryPoint:
+    elapsed_s: float
+    evaluations: int
+    best_score: float
+    best_text: str
+    origin: str
+
+
+@dataclass(slots=True)
+class TuneResult:
+    winner_doc: dict[str, Any]  # the policy document to write (expression or anchor)
+    winner_text: str
+    winner_is_anchor: bool
+    train: dict[str, Evaluation]  # policy label -> exact training evaluation
+    validation: dict[str, Evaluation]
+    sub_window_scores: dict[str, list[float]]
+    gains: dict[str, Gain]  # anchor -> gain of the winner over it on validation
+    curves: dict[str, list[tuple[float, float]]]  # label -> (rate, attainment) on validation
+    history: list[HistoryPoint]
+    evaluations: int
+    rejected: int
+    proposer_rejected: list[tuple[str, str]]
+    search_s: float
+    validation_s: float
+    interrupted: bool
+    validated: bool
+    best_anchor: str
+    config: TuneConfig
+    notes: list[str] = field(default_factory=list)
+
+    WINNER = "learned"
+
+
+ProgressFn = Callable[[dict[str, Any]], None]
+
+
+def _penalised(score: float, size: int, penalty: float) -> float:
+    if not math.isfinite(score):
+        return score
+    factor = penalty * size
+    return score * (1.0 - factor) if score >= 0 else score * (1.0 + factor)
+
+
+def _rank_key(item: Scored) -> tuple[float, float]:
+    return (item.penalised, -item.evaluation.p99_ttft_s)
+
+
+def tune(
+    train,
+    validate,
+    cluster,
+    slo,
+    config: TuneConfig,
+    *,
+    progress: ProgressFn | None = None,
+    evaluator: Evaluator | None = None,
+) -> TuneResult:
+    """Search on `train`, validate on `validate` (both `Workload`s), return the evidence."""
+    config.check()
+    notify = progress or (lambda event: None)
+    rng = random.Random(config.seed)
+    anchors = list(config.anchors) or list_anchors()
+    pieces = sub_windows(validate, config.bootstrap_windows) if config.bootstrap_windows > 1 else []
+    workloads = {"train": train, "validate": validate}
+    workloads.update({f"validate#{k}": piece for k, piece in enumerate(pieces)})
+    owns_evaluator = evaluator is None
+    evaluator = evaluator or make_evaluator(
+        workloads, cluster, slo, workers=config.workers, ray=config.ray
+    )
+    started = time.monotonic()
+    deadline = started + config.budget_s
+    state = _SearchState(
+        config=config, evaluator=evaluator, rng=rng, notify=notify, started=started
+    )
+    interrupted = False
+    try:
+        try:
+            state.run_anchors(anchors)
+            state.run_search(deadline)
+        except KeyboardInterrupt:
+            interrupted = True
+            state.notes.append("search interrupted (Ctrl-C): kept the best candidate so far")
+        try:
+            winner_doc, winner_text, is_anchor = state.finalise(interrupted)
+        except KeyboardInterrupt:
+            interrupted = True
+            winner_doc, winner_text, is_anchor = state.best_so_far_document()
+            state.notes.append("final re-scoring interrupted: the winner is the best search score")
+        search_s = time.monotonic() - started
+        validation_started = time.monotonic()
+        validated = False
+        validation: dict[str, Evaluation] = {}
+        sub_scores: dict[str, list[float]] = {}
+        curves: dict[str, list[tuple[float, float]]] = {}
+        gains: dict[str, Gain] = {}
+        try:
+            validation, sub_scores, curves = state.validate(winner_doc, anchors, len(pieces))
+            gains = _gains(validation, sub_scores, anchors, config)
+            validated = True
+        except KeyboardInterrupt:
+            interrupted = True
+            state.notes.append("validation interrupted (Ctrl-C): no validation evidence")
+        validation_s = time.monotonic() - validation_started
+    finally:
+        if owns_evaluator:
+            evaluator.close(cancel=interrupted)
+    return TuneResult(
+        winner_doc=winner_doc,
+        winner_text=winner_text,
+        winner_is_anchor=is_anchor,
+        train=state.train_exact,
+        validation=validation,
+        sub_window_scores=sub_scores,
+        gains=gains,
+        curves=curves,
+        history=state.history,
+        evaluations=state.evaluations,
+        rejected=state.rejected,
+        proposer_rejected=state.proposer_rejected,
+        search_s=search_s,
+        validation_s=validation_s,
+        interrupted=interrupted,
+        validated=validated,
+        best_anchor=state.best_anchor,
+        config=config,
+        notes=state.notes,
+    )
+
+
+def _gains(validation, sub_scores, anchors, config) -> dict[str, Gain]:
+    winner = validation.get(TuneResult.WINNER)
+    out: dict[str, Gain] = {}
+    if winner is None:
+        return out
+    for name in anchors:
+        base = validation.get(name)
+        if base is None:
+            continue
+        point = _ratio(winner.score, base.score, config.objective)
+        mine, theirs = sub_scores.get(TuneResult.WINNER, []), sub_scores.get(name, [])
+        if config.objective == "cost":  # lower cost is better: the gain is their cost / ours
+            mine, theirs = [-x for x in theirs], [-x for x in mine]
+        out[name] = bootstrap_ratio(mine, theirs, point=point, seed=config.seed)
+    return out
+
+
+def _ratio(mine: float, theirs: float, objective: str) -> float:
+    if objective == "cost":
+        return (-theirs) / (-mine) if mine < 0 else math.nan
+    return mine / theirs if theirs > 0 else math.nan
+
+
+@dataclass(slots=True)
+class _SearchState:
+    config: TuneConfig
+    evaluator: Evaluator
+    rng: random.Random
+    notify: ProgressFn
+    started: float
+    population: Population = field(default_factory=Population)
+    seen: dict[str, Scored] = field(default_factory=dict)
+    anchor_train: dict[str, Evaluation] = field(default_factory=dict)
+    train_exact: dict[str, Evaluation] = field(default_factory=dict)
+    history: list[HistoryPoint] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    proposer_rejected: list[tuple[str, str]] = field(default_factory=list)
+    evaluations: int = 0
+    rejected: int = 0
+    best: Scored | None = None
+    best_anchor: str = ""
+    reference_rate: float = 1.0
+    rounds: int = 0
+
+    # ---- phase 1: anchors on the training window (exact: they are the bar) ----------
+    def run_anchors(self, anchors: Sequence[str]) -> None:
+        plan = EvalPlan(
+            objective=self.config.objective,
+            start_rate=1.0,
+            rel_tol=self.config.final_rel_tol,
+            max_sims=self.config.max_sims + 6,
+            seed=self.config.seed,
+        )
+        futures = {self.evaluator.submit("train", name, plan): name for name in anchors}
+        self._emit("anchors", f"scoring {len(anchors)} anchors on the training window")
+        for future in as_completed(futures):
+            name = futures[future]
+            evaluation = future.result()
+            self.evaluations += 1
+            self.anchor_train[name] = evaluation
+            self.train_exact[name] = evaluation
+            self._emit("anchors", f"{name}: {evaluation.score:.4g}")
+        usable = {n: e for n, e in self.anchor_train.items() if e.error is None}
+        if not usable:
+            errors = "; ".join(f"{n}: {e.error}" for n, e in self.anchor_train.items())
+            raise TuneError(f"no anchor could be simulated on the training window ({errors})")
+        self.best_anchor = max(usable, key=lambda n: (usable[n].score, -usable[n].p99_ttft_s))
+        best = usable[self.best_anchor]
+        self.reference_rate = best.capacity if best.capacity else 1.0
+        # Seed the population: the anchors restated in the language, plus a linear blend.
+        seeds = [
+            candidate_from_document(anchor_document(n), origin=f"seed:{n}")
+            for n in EXPRESSION_ANCHORS
+        ]
+        seeds.append(candidate_from_document({"score": LINEAR_SEED}, origin="seed:linear"))
+        self._evaluate_batch(seeds)
+
+    # ---- phase 2: rounds of search until the budget is spent ----------------------
+    def run_search(self, deadline: float) -> None:
+        proposer = None
+        if self.config.proposer_url and self.config.proposer_model:
+            proposer = LLMProposer(self.config.proposer_url, self.config.proposer_model)
+        tuner: ConstantTuner | None = None
+        tuned_text = ""
+        per_round = self.config.structural_per_round or max(1, self.evaluator.workers)
+        while time.monotonic() < deadline:
+            self.rounds += 1
+            batch: list[Candidate] = []
+            if self.best is not None and self.best.candidate.text != tuned_text:
+                tuned_text = self.best.candidate.text
+                tuner = ConstantTuner(
+                    self.best.candidate,
+                    seed=self.config.seed + self.rounds,
+                    popsize=self.config.cma_popsize,
+                )
+            cma_batch = tuner.ask() if tuner is not None and tuner.is_active else []
+            batch.extend(cma_batch)
+            batch.extend(self.population.offspring(self.rng, per_round))
+            if proposer is not None and self.rounds % 3 == 1:
+                batch.extend(self._ask_proposer(proposer))
+            if not batch:
+                break
+            scored = self._evaluate_batch(batch, deadline=deadline)
+            if tuner is not None and cma_batch:
+                tuner.tell(
+                    [s.evaluation.score if s else -math.inf for s in scored[: len(cma_batch)]]
+                )
+
+    def _ask_proposer(self, proposer: LLMProposer) -> list[Candidate]:
+        best = [(c.text, s) for s, c in self.population.members[:5]]
+        proposal = proposer.propose(best, self.config.objective)
+        if proposal.error:
+            self.notes.append(f"proposer: {proposal.error}")
+        self.proposer_rejected.extend(proposal.rejected)
+        self.rejected += len(proposal.rejected)
+        return proposal.accepted
+
+    def _search_plan(self) -> EvalPlan:
+        if self.config.objective == "goodput":
+            return EvalPlan(objective="goodput", seed=self.config.seed)
+        rate = (
+            self.best.evaluation.capacity
+            if self.best and self.best.evaluation.capacity
+            else self.reference_rate
+        )
+        return EvalPlan(
+            objective=self.config.objective,
+            start_rate=rate,
+            rel_tol=self.config.search_rel_tol,
+            max_sims=self.config.max_sims,
+            reject_below=0.85 * rate,
+            seed=self.config.seed,
+        )
+
+    def _evaluate_batch(
+        self, batch: Sequence[Candidate], deadline: float | None = None
+    ) -> list[Scored | None]:
+        plan = self._search_plan()
+        results: list[Scored | None] = [None] * len(batch)
+        futures: dict[Future, int] = {}
+        for position, candidate in enumerate(batch):
+            known = self.seen.get(candidate.text)
+            if known is not None:
+                results[position] = known
+                continue
+            futures[self.evaluator.submit("train", candidate.document(), plan)] = position
+        for future in as_completed(futures):
+            position = futures[future]
+            candidate = batch[position]
+            evaluation = future.result()
+            self.evaluations += 1
+            if evaluation.error is not None:
+                self.rejected += 1
+            scored = Scored(
+                candidate,
+                evaluation,
+                _penalised(evaluation.score, candidate.size, self.config.complexity_penalty),
+            )
+            self.seen[candidate.text] = scored
+            results[position] = scored
+            if math.isfinite(scored.penalised):
+                self.population.offer(scored.penalised, candidate)
+                if self.best is None or _rank_key(scored) > _rank_key(self.best):
+                    self.best = scored
+                    self.history.append(
+                        HistoryPoint(
+                            time.monotonic() - self.started,
+                            self.evaluations,
+                            evaluation.score,
+                            candidate.text,
+                            candidate.origin,
+                        )
+                    )
+            self._emit("search", f"round {self.rounds}")
+        return results
+
+    # ---- phase 3: exact re-scoring of the shortlist on the training window ---------
+    def finalise(self, interrupted: bool) -> tuple[dict[str, Any], str, bool]:
+        if self.best is None:
+            return self._anchor_result()
+        ranked = sorted(
+            (s for s in self.seen.values() if math.isfinite(s.penalised)),
+            key=_rank_key,
+            reverse=True,
+        )[: self.config.shortlist]
+        plan = EvalPlan(
+            objective=self.config.objective,
+            start_rate=self.reference_rate,
+            rel_tol=self.config.final_rel_tol,
+            max_sims=self.config.max_sims + 6,
+            seed=self.config.seed,
+        )
+        futures = {self.evaluator.submit("train", s.candidate.document(), plan): s for s in ranked}
+        self._emit("final", f"re-scoring the best {len(ranked)} on the full training window")
+        exact: list[Scored] = []
+        for future in as_completed(futures):
+            item = futures[future]
+            evaluation = future.result()
+            self.evaluations += 1
+            exact.append(
+                Scored(
+                    item.candidate,
+                    evaluation,
+                    _penalised(
+                        evaluation.score, item.candidate.size, self.config.complexity_penalty
+                    ),
+                )
+            )
+        exact = [s for s in exact if s.evaluation.error is None]
+        if not exact:
+            return self._anchor_result()
+        top = max(exact, key=_rank_key)
+        anchor = self.anchor_train[self.best_anchor]
+        if top.penalised <= anchor.score:
+            self.notes.append(
+                f"no candidate beat the best anchor {self.best_anchor!r} on the training window "
+                f"({top.evaluation.score:.4g} vs {anchor.score:.4g}); the result is that anchor"
+            )
+            return self._anchor_result()
+        self.train_exact[TuneResult.WINNER] = top.evaluation
+        doc = top.candidate.document(name="learned", named_params=True)
+        return doc, top.candidate.text, False
+
+    def best_so_far_document(self) -> tuple[dict[str, Any], str, bool]:
+        if self.best is None or (
+            self.best_anchor and self.best.penalised <= self.anchor_train[self.best_anchor].score
+        ):
+            return self._anchor_result()
+        self.train_exact[TuneResult.WINNER] = self.best.evaluation
+        return (
+            self.best.candidate.document(name="learned", named_params=True),
+            self.best.candidate.text,
+            False,
+        )
+
+    def _anchor_result(self) -> tuple[dict[str, Any], str, bool]:
+        name = self.best_anchor
+        if name in self.anchor_train:
+            self.train_exact[TuneResult.WINNER] = self.anchor_train[name]
+        return {"kind": "anchor", "name": name}, f"anchor {name}", True
+
+    # ---- phase 4: validation on the later window -------------------------------
+    def validate(
+        self, winner_doc: dict[str, Any], anchors: Sequence[str], pieces: int
+    ) -> tuple[dict[str, Evaluation], dict[str, list[float]], dict[str, list[tuple[float, float]]]]:
+        policies: dict[str, Any] = {TuneResult.WINNER: winner_doc}
+        policies.update({name: name for name in anchors})
+        reference = max((e.capacity for e in self.anchor_train.values() if e.capacity), default=1.0)
+        full_plan = EvalPlan(
+            objective=self.config.objective,
+            start_rate=reference,
+            rel_tol=self.config.final_rel_tol,
+            max_sims=self.config.max_sims + 6,
+            seed=self.config.seed,
+        )
+        piece_plan = EvalPlan(
+            objective=self.config.objective,
+            start_rate=reference,
+            rel_tol=self.config.search_rel_tol,
+            max_sims=self.config.max_sims,
+            seed=self.config.seed,
+        )
+        jobs: dict[Future, tuple[str, str]] = {}
+        for label, spec in policies.items():
+            jobs[self.evaluator.submit("validate", spec, full_plan)] = (label, "validate")
+            for k in range(pieces):
+                jobs[self.evaluator.submit(f"validate#{k}", spec, piece_plan)] = (
+                    label,
+                    f"validate#{k}",
+                )
+        self._emit("validate", f"validating {len(policies)} policies on the later window")
+        full: dict[str, Evaluation] = {}
+        parts: dict[str, dict[int, float]] = {label: {} for label in policies}
+        done = 0
+        for future in as_completed(jobs):
+            label, key = jobs[future]
+            evaluation = future.result()
+            done += 1
+            if key == "validate":
+                full[label] = evaluation
+            else:
+                parts[label][int(key.split("#")[1])] = evaluation.score
+            self._emit("validate", f"{done}/{len(jobs)} validation jobs")
+        curves = self._curves(policies, full)
+        sub_scores = {label: [values[k] for k in sorted(values)] for label, values in parts.items()}
+        return full, sub_scores, curves
+
+    def _curves(self, policies, full) -> dict[str, list[tuple[float, float]]]:
+        """Attainment vs rate on a shared grid around the validated capacities."""
+        curves = {label: list(e.attainment_curve) for label, e in full.items()}
+        if self.config.curve_points <= 0 or self.config.objective == "goodput":
+            return curves
+        capacities = [e.capacity for e in full.values() if e.capacity]
+        if not capacities:
+            return curves
+        top = max(capacities)
+        points = self.config.curve_points
+        grid = [top * (0.5 + 0.8 * k / max(1, points - 1)) for k in range(points)]
+        jobs: dict[Future, str] = {}
+        for label, spec in policies.items():
+            for rate in grid:
+                plan = EvalPlan(
+                    objective="capacity",
+                    start_rate=rate,
+                    rel_tol=10.0,
+                    max_sims=1,
+                    seed=self.config.seed,
+                )
+                jobs[self.evaluator.submit("validate", spec, plan)] = label
+        for future in as_completed(jobs):
+            evaluation = future.result()
+            curves[jobs[future]].extend((p.rate, p.attainment) for p in evaluation.probes)
+        return {label: sorted(set(points_)) for label, points_ in curves.items()}
+
+    def _emit(self, phase: str, message: str) -> None:
+        best = self.best
+        self.notify(
+            {
+                "phase": phase,
+                "message": message,
+                "elapsed_s": time.monotonic() - self.started,
+                "evaluations": self.evaluations,
+                "best_score": best.evaluation.score if best else None,
+                "best_text": best.candidate.text if best else None,
+                "best_anchor": self.best_anchor,
+                "best_anchor_score": self.anchor_train[self.best_anchor].score
+                if self.best_anchor
+                else None,
+            }
+        )
