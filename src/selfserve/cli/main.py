@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "selfserve.cli.serve",
     "selfserve.cli.twin",
     "selfserve.cli.bench",
+    "selfserve.cli.compare",
 )
 
 
