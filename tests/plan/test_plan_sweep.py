@@ -39,19 +39,25 @@ def test_interactivity_beyond_the_curve_is_not_extrapolated():
     assert throughput_at_interactivity(curve, 10) == pytest.approx(300)
 
 
-def test_matched_levels_lie_where_every_curve_has_points():
-    fast = [point(200, 50), point(120, 400)]
-    slow = [point(90, 80), point(40, 300)]
-    overlap_free = matched_levels([fast, slow], None)
-    assert overlap_free == []  # no common interactivity: nothing is compared
+def test_matched_levels_are_reached_by_at_least_two_options():
     a = [point(150, 50), point(50, 400)]
     b = [point(100, 80), point(20, 300)]
-    levels = matched_levels([a, b], slo_tokens_per_s_per_user=75.0)
-    assert levels[0] == pytest.approx(100) and levels[-1] == pytest.approx(50)
+    c = [point(300, 10), point(200, 900)]  # always faster per user than a and b
+    levels = matched_levels([a, b, c], slo_tokens_per_s_per_user=75.0)
+    assert max(levels) == pytest.approx(150)  # the second-fastest top, not c's 300
+    assert min(levels) == pytest.approx(20)
     assert 75.0 in levels
     for level in levels:
-        assert throughput_at_interactivity(a, level) is not None
-        assert throughput_at_interactivity(b, level) is not None
+        reached = [throughput_at_interactivity(curve, level) for curve in (a, b, c)]
+        assert sum(value is not None for value in reached) >= 2
+    # at 120 tok/s/user b's curve never gets there: it is not compared at another point
+    assert throughput_at_interactivity(b, 120) is None
+
+
+def test_an_slo_level_no_two_options_reach_is_left_out():
+    a = [point(50, 400)]
+    b = [point(40, 300)]
+    assert 75.0 not in matched_levels([a, b], slo_tokens_per_s_per_user=75.0)
 
 
 def test_sweep_multipliers_scale_with_headroom():

@@ -80,57 +80,31 @@ def measure_fleet(
     cluster = ClusterSpec.parse(option.cluster_spec(replicas))
     result = simulate(workload, cluster, policy, rate_scale=rate_scale, seed=seed, slo=slo)
     summary = result.summary(slo)
-    return _reduce(result, summary, workload, option, replicas, rate_scale)
+    return _reduce(result, summary, option, replicas, rate_scale)
 
 
-def _reduce(result, summary, workload, option, replicas, rate_scale) -> FleetMeasurement:
-    records = list(result.records)
-    by_id = {request.request_id: request for request in workload.requests}
-    output_tokens = 0.0
-    total_tokens = 0.0
-    tpots: list[float] = []
-    ttfts: list[float] = []
-    rejected = 0
-    first_arrival_s = math.inf
-    last_done_s = -math.inf
-    for record in records:
-        if getattr(record, "rejected", None):
-            rejected += 1
-            continue
-        request = by_id.get(record.request_id)
-        if request is None:
-            continue
-        arrival_s = float(getattr(record, "arrival_s", request.arrival_s / rate_scale))
-        first_arrival_s = min(first_arrival_s, arrival_s)
-        if record.e2e_s is not None:
-            last_done_s = max(last_done_s, arrival_s + record.e2e_s)
-        output_tokens += request.output_tokens
-        total_tokens += request.total_prompt_tokens + request.output_tokens
-        if record.ttft_s is not None:
-            ttfts.append(record.ttft_s)
-        if record.tpot_s is not None and request.output_tokens > 1:
-            tpots.append(record.tpot_s)
-    span_s = max(0.0, last_done_s - first_arrival_s) if ttfts else 0.0
-    ttfts.sort()
+def _reduce(result, summary, option, replicas, rate_scale) -> FleetMeasurement:
+    """Token totals and TPOT from the records; attainment and energy from the summary.
+
+    The summary's energy is step energy plus idle power over the run for every replica,
+    so a fleet with idle replicas pays for them, as a provisioned fleet does.
+    """
+    ok = [record for record in result.records if record.rejected is None]
+    output_tokens = float(sum(record.output_tokens for record in ok))
+    total_tokens = output_tokens + float(sum(record.prompt_tokens for record in ok))
+    tpots = [record.tpot_s for record in ok if record.output_tokens > 1]
     return FleetMeasurement(
         replicas=replicas,
         num_gpus=replicas * option.tp,
         rate_scale=rate_scale,
-        attainment=float(summary["attainment"]),
-        num_requests=len(records),
-        num_rejected=rejected,
+        attainment=float(summary["slo_attainment"]),
+        num_requests=len(result.records),
+        num_rejected=len(result.records) - len(ok),
         output_tokens=output_tokens,
         total_tokens=total_tokens,
-        span_s=span_s,
-        energy_j=float(summary.get("energy_j", 0.0)),
-        p50_ttft_s=_quantile(ttfts, 0.5),
-        p99_ttft_s=_quantile(ttfts, 0.99),
+        span_s=float(summary["duration_s"]),
+        energy_j=float(summary["energy_j"]),
+        p50_ttft_s=float(summary["ttft_p50_s"]) if ok else math.nan,
+        p99_ttft_s=float(summary["ttft_p99_s"]) if ok else math.nan,
         median_tpot_s=statistics.median(tpots) if tpots else math.nan,
     )
-
-
-def _quantile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return math.nan
-    index = min(len(sorted_values) - 1, int(q * len(sorted_values)))
-    return sorted_values[index]

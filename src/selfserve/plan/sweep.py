@@ -85,25 +85,30 @@ def throughput_at_interactivity(
 
 
 def matched_levels(
-    curves: Sequence[Sequence[CurvePoint]], slo_tokens_per_s_per_user: float | None, count: int = 3
+    curves: Sequence[Sequence[CurvePoint]], slo_tokens_per_s_per_user: float | None, count: int = 4
 ) -> list[float]:
-    """Interactivity levels every curve reaches, so each comparison is like for like.
+    """Interactivity levels at which at least two options can be compared like for like.
 
-    The common range runs from the slowest point any curve measured up to the fastest level
-    that *every* curve reaches; the SLO's own level (1/TPOT target) is included when it lies
-    in that range.
+    An option reaches level L when some point of its curve serves users at ≥ L tokens/s;
+    its throughput there is read off its own frontier. Levels run (geometrically) from the
+    slowest measured point of any curve up to the second-fastest curve's top, so every
+    level has at least two options; options that never reach a level are shown as such,
+    not compared at some other point. The SLO's own level (1/TPOT target) is included
+    when at least two options reach it.
     """
     usable = [c for c in curves if c]
     if not usable:
         return []
-    common_top = min(max(p.tokens_per_s_per_user for p in c) for c in usable)
-    common_bottom = max(min(p.tokens_per_s_per_user for p in c) for c in usable)
-    if common_bottom > common_top:
-        return []
-    levels = [
-        common_bottom + (common_top - common_bottom) * i / max(1, count - 1) for i in range(count)
-    ]
-    if slo_tokens_per_s_per_user and common_bottom <= slo_tokens_per_s_per_user <= common_top:
+    tops = sorted((max(p.tokens_per_s_per_user for p in c) for c in usable), reverse=True)
+    high = tops[1] if len(tops) > 1 else tops[0]
+    low = min(min(p.tokens_per_s_per_user for p in c) for c in usable)
+    low = min(low, high)
+    if count <= 1 or high <= low:
+        levels = [high]
+    else:
+        ratio = (high / low) ** (1.0 / (count - 1))
+        levels = [low * ratio**i for i in range(count)]
+    if slo_tokens_per_s_per_user and slo_tokens_per_s_per_user <= high:
         levels.append(slo_tokens_per_s_per_user)
     return sorted({round(level, 3) for level in levels}, reverse=True)
 
