@@ -54,6 +54,7 @@ class Job:
     capacity_hi: float
     target: float
     max_requests: int | None
+    compress: float = 1.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -91,6 +92,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--target", type=float, default=0.9, help="SLO attainment that counts as meeting it"
+    )
+    parser.add_argument(
+        "--compress",
+        type=float,
+        default=1.0,
+        help="replay the trace this many times faster as the ×1 baseline (for sparse traces "
+        "such as a day of RAG traffic); rate multipliers and capacity are relative to it",
     )
     parser.add_argument("--no-capacity", action="store_true", help="skip the capacity search")
     parser.add_argument(
@@ -161,6 +169,8 @@ def _validate(args: argparse.Namespace, specs: list[str]) -> None:
         raise UserError(f"--workers must be >= 1, got {args.workers}")
     if args.capacity_hi <= 0:
         raise UserError(f"--capacity-hi must be > 0, got {args.capacity_hi}")
+    if not 0 < args.compress < math.inf:
+        raise UserError(f"--compress must be a finite number > 0, got {args.compress}")
     if not 0 < args.target <= 1:
         raise UserError(f"--target must be in (0, 1], got {args.target}")
     if args.max_requests is not None and args.max_requests < 1:
@@ -193,14 +203,15 @@ def run_job(job: Job) -> dict[str, Any]:
     slo = SLO.parse(job.slo)
     started = time.perf_counter()
     if job.rate_scale is None:
+        c = job.compress
         result = capacity(
-            workload, cluster, job.policy, slo, seed=job.seed, hi=job.capacity_hi,
+            workload, cluster, job.policy, slo, seed=job.seed, lo=c / 64, hi=job.capacity_hi * c,
             target=job.target, mode=job.mode,
         )  # fmt: skip
-        curve = [(float(m), float(a)) for m, a in _curve_points(result.attainment_curve)]
+        curve = [(float(m) / c, float(a)) for m, a in _curve_points(result.attainment_curve)]
         return {
             "policy": job.policy,
-            "capacity": float(result.multiplier),
+            "capacity": float(result.multiplier) / c,
             "curve": curve,
             "wall_s": time.perf_counter() - started,
         }
@@ -263,7 +274,7 @@ def run(args: argparse.Namespace) -> int:
     workload = _workload(args.trace, args.trace_format, args.max_requests)
     jobs = [
         Job(p, args.trace, args.trace_format, args.cluster, args.slo, args.seed, args.mode, s,
-            args.capacity_hi, args.target, args.max_requests)
+            args.capacity_hi, args.target, args.max_requests, args.compress)
         for p in specs
         for s in ([*scales] + ([] if args.no_capacity else [None]))
     ]  # fmt: skip
@@ -272,6 +283,7 @@ def run(args: argparse.Namespace) -> int:
         f"{'' if args.no_capacity else ' + capacity search'}) on {workload.name} "
         f"({len(workload)} requests, {workload.span_s:.0f} s) · cluster {args.cluster} · "
         f"SLO {args.slo} · {args.workers} workers"
+        + (f" · trace compressed ×{args.compress:g}" if args.compress != 1 else "")
     )
     results = _execute(jobs, args.workers)
     table = build_rows(specs, scales, results)
@@ -282,6 +294,7 @@ def run(args: argparse.Namespace) -> int:
         "cluster": args.cluster,
         "slo": args.slo,
         "seed": args.seed,
+        "compress": args.compress,
         "rate_scales": scales,
         "rows": table,
         "runs": results,
