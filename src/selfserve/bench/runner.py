@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import aiohttp
 import orjson
@@ -129,7 +129,7 @@ class _SessionChain:
 
 
 async def arun_bench(
-    target_url: str,
+    target_url: str | Sequence[str],
     workload: Workload,
     *,
     rate_scale: float = 1.0,
@@ -147,6 +147,9 @@ async def arun_bench(
 ) -> BenchResult:
     """Replay `workload` against `target_url`; see the module docstring.
 
+    Several target URLs are used round-robin by the client (request k goes to target
+    k mod n), which is the simulator's `round-robin` routing without a gateway.
+
     Arrivals are sped up by ``rate_scale * time_scale``; `time_scale` also converts measured
     wall latencies to model time in the result (use it with twins run at ``--time-scale``).
     `slo` is accepted for symmetry with `run_bench`; pass it to `BenchResult.summary`.
@@ -154,7 +157,10 @@ async def arun_bench(
     del slo  # evaluated in BenchResult.summary
     if rate_scale <= 0 or time_scale <= 0:
         raise ValueError(f"rate_scale and time_scale must be > 0, got {rate_scale}, {time_scale}")
-    base_url = target_url.rstrip("/").removesuffix("/v1")
+    targets = [target_url] if isinstance(target_url, str) else list(target_url)
+    if not targets:
+        raise ValueError("no target URL given")
+    base_urls = [url.rstrip("/").removesuffix("/v1") for url in targets]
     requests: list[Request] = list(workload.requests)
     if max_requests is not None:
         requests = requests[:max_requests]
@@ -172,13 +178,14 @@ async def arun_bench(
     cancelled = False
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
         if model is None:
-            model = await discover_model(session, base_url)
+            model = await discover_model(session, base_urls[0])
         builder = PromptBuilder(model=model, endpoint=endpoint)
         t0_s = time.perf_counter()
 
         async def one(
             request: Request,
             outcome: RequestOutcome,
+            base_url: str,
             previous: _SessionChain | None,
             mine: _SessionChain | None,
         ) -> None:
@@ -231,7 +238,8 @@ async def arun_bench(
                     expected_output_tokens=request.output_tokens,
                 )
                 outcomes.append(outcome)
-                task = asyncio.create_task(one(request, outcome, previous, mine))
+                base_url = base_urls[(len(outcomes) - 1) % len(base_urls)]
+                task = asyncio.create_task(one(request, outcome, base_url, previous, mine))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
             while tasks:
@@ -265,7 +273,7 @@ async def arun_bench(
     duration = max(last_end) if last_end else finished_s
     first_start = min((o.start_s for o in outcomes if o.start_s > 0), default=0.0)
     return BenchResult(
-        target=target_url,
+        target=",".join(targets),
         model=model or "",
         outcomes=outcomes,
         duration_s=max(1e-9, duration - first_start),

@@ -20,7 +20,12 @@ def register(subparsers) -> None:
             "`vllm bench serve`."
         ),
     )
-    parser.add_argument("--target", required=True, help="base URL, e.g. http://127.0.0.1:8000")
+    parser.add_argument(
+        "--target",
+        required=True,
+        help="base URL, e.g. http://127.0.0.1:8000; several comma-separated URLs are used "
+        "round-robin by the client",
+    )
     parser.add_argument(
         "--trace",
         required=True,
@@ -103,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
         loop.add_signal_handler(signal.SIGINT, stop.set)
         loop.add_signal_handler(signal.SIGTERM, stop.set)
         holder["result"] = await arun_bench(
-            args.target,
+            [url.strip() for url in args.target.split(",") if url.strip()],
             workload,
             rate_scale=args.rate_scale,
             time_scale=args.time_scale,

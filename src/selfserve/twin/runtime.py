@@ -150,12 +150,20 @@ class TwinRuntime:
             self._task = None
 
     async def _run(self) -> None:
+        busy_until_s: float | None = None
         while True:
-            output = self.engine.step(self.model_now_s())
+            # While busy, the next step starts when the previous one ended in model time,
+            # not when this task woke up: wake-up lateness then delays delivery a little
+            # but never accumulates into the engine's timeline (at time_scale 10, 1 ms
+            # of timer slack per step would otherwise add 10 ms to every decode step).
+            now_s = self.model_now_s() if busy_until_s is None else busy_until_s
+            output = self.engine.step(now_s)
             if output is None:
+                busy_until_s = None
                 self._wake.clear()
                 await self._wake.wait()
                 continue
+            busy_until_s = output.end_s
             target_wall_s = self._wall0_s + output.end_s / self.time_scale
             delay_s = target_wall_s - time.perf_counter()
             # Sleeping 0 still yields, so HTTP handlers run even when the loop lags.

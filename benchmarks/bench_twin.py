@@ -1,0 +1,119 @@
+"""Twin and bench speed (`make bench`, suite `twin`).
+
+1. One twin process streams to >= 500 concurrent requests: 500 requests of 64 prompt /
+   400 output tokens arrive within 1 s; the engine model (llama-3.1-8b on H100, 512
+   sequences) is slowed to `STREAM_TIME_SCALE` so it emits a few thousand tokens/s, the
+   rate a real replica of a big model streams. Figures: streamed tokens/s, the twin's
+   schedule lag (how late each engine step's tokens went out) p50/p99, and whether every
+   stream finished with its exact length.
+2. `bench` from one process drives short requests (1 prompt block, 2 output tokens) at a
+   target of 1,500 req/s against two twins running 1000x faster than real time (so the
+   servers are not the limit); figure: completed requests/s and the client's send lag.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import urllib.request
+
+from selfserve.bench import run_bench
+from selfserve.twin.launch import spawn_twins
+from selfserve.workload.request import Request, Workload
+
+STREAMS = 500
+STREAM_OUTPUT_TOKENS = 400
+STREAM_TIME_SCALE = 0.25
+SHORT_RATE_PER_S = 1500.0
+SHORT_REQUESTS = 6000
+
+
+def _streams_workload() -> Workload:
+    requests = [
+        Request(
+            request_id=f"s{i}",
+            arrival_s=i / STREAMS,  # all 500 within the first second
+            prompt_tokens=64,
+            output_tokens=STREAM_OUTPUT_TOKENS,
+            block_hashes=(i,),
+            block_size=64,
+        )
+        for i in range(STREAMS)
+    ]
+    return Workload(requests, name="500-streams", block_size=64)
+
+
+def _short_workload() -> Workload:
+    requests = [
+        Request(
+            request_id=f"q{i}",
+            arrival_s=i / SHORT_RATE_PER_S,
+            prompt_tokens=16,
+            output_tokens=2,
+            block_hashes=(1,),
+            block_size=16,
+        )
+        for i in range(SHORT_REQUESTS)
+    ]
+    return Workload(requests, name="short", block_size=16)
+
+
+def _twin_stats(url: str) -> dict:
+    with urllib.request.urlopen(url + "/twin/stats", timeout=10) as response:
+        return json.loads(response.read())
+
+
+def bench_streams() -> list[dict]:
+    extra = ["--max-num-seqs", "512"]
+    with spawn_twins(
+        1, "llama-3.1-8b", "h100", time_scale=STREAM_TIME_SCALE, extra_args=extra
+    ) as twins:
+        url = twins[0].url
+        started = time.perf_counter()
+        result = run_bench(url, _streams_workload(), progress=False)
+        wall_s = time.perf_counter() - started
+        lag = _twin_stats(url)["lag"]
+    summary = result.summary()
+    tokens = summary["total_output_tokens"]
+    # Streaming throughput over the span when all 500 streams are running.
+    ends = [o.start_s + o.e2e_s for o in result.outcomes if o.ok]
+    firsts = [o.start_s + o.ttft_s for o in result.outcomes if o.ok]
+    span_s = max(ends) - min(firsts) if ends else wall_s
+    exact = all(o.output_tokens == STREAM_OUTPUT_TOKENS for o in result.outcomes)
+    return [
+        {"name": "concurrent streams completed", "value": summary["completed"], "unit": "requests",
+         "target": f">= {STREAMS}, exact lengths", "ok": summary["completed"] >= STREAMS and exact},
+        {"name": "streamed tokens/s (one twin process)", "value": tokens / span_s, "unit": "tok/s",
+         "target": ">= 2000", "ok": tokens / span_s >= 2000},
+        {"name": "twin schedule lag p50", "value": lag["p50_s"] * 1000, "unit": "ms",
+         "target": "report", "ok": None},
+        {"name": "twin schedule lag p90", "value": lag["p90_s"] * 1000, "unit": "ms",
+         "target": "report", "ok": None},
+        {"name": "twin schedule lag p99", "value": lag["p99_s"] * 1000, "unit": "ms",
+         "target": "< 50 ms (not falling behind)", "ok": lag["p99_s"] < 0.05},
+        {"name": "twin schedule lag max", "value": lag["max_s"] * 1000, "unit": "ms",
+         "target": "report", "ok": None},
+    ]  # fmt: skip
+
+
+def bench_request_rate() -> list[dict]:
+    with spawn_twins(2, "llama-3.1-8b", "h100", time_scale=1000.0) as twins:
+        result = run_bench([t.url for t in twins], _short_workload(), progress=False)
+    summary = result.summary()
+    return [
+        {"name": "bench short requests/s (one process)", "value": summary["request_throughput_rps"],
+         "unit": "req/s", "target": ">= 1000", "ok": summary["request_throughput_rps"] >= 1000},
+        {"name": "bench failed requests", "value": summary["failed"], "unit": "requests",
+         "target": "0", "ok": summary["failed"] == 0},
+        {"name": "bench send lag p99", "value": summary["send_lag_s"]["p99"] * 1000, "unit": "ms",
+         "target": "report", "ok": None},
+    ]  # fmt: skip
+
+
+def run() -> list[dict]:
+    return bench_streams() + bench_request_rate()
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(row)
