@@ -16,10 +16,12 @@ from selfserve.cli.common import UserError, console
 # Order is the order `selfserve --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "selfserve.cli.calibrate",
+    "selfserve.cli.profile",
     "selfserve.cli.plan",
     "selfserve.cli.serve",
     "selfserve.cli.twin",
     "selfserve.cli.bench",
+    "selfserve.cli.tune",
     "selfserve.cli.compare",
 )
 
