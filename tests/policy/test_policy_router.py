@@ -6,6 +6,8 @@ import math
 import random
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from selfserve.policy import make_policy
 from selfserve.policy.router import Router, RoutingError, UnknownRequestError
@@ -160,3 +162,73 @@ def test_index_lru_evicts_oldest_blocks_first():
     router.route(_req("b", hashes=(7, 8)), 0.0, [None], rng)  # evicts 1 and 2
     assert router.prefix_hit_tokens(_req("p", hashes=(1, 2, 3))) == [0]
     assert router.prefix_hit_tokens(_req("p", hashes=(7, 8))) == [32]
+
+
+def test_views_carry_each_feature_under_its_own_name():
+    """Guards the positional construction in Router.snapshot against field reordering."""
+    import dataclasses
+
+    from selfserve.policy.snapshot import ReplicaView
+
+    info = ReplicaInfo(
+        0, "r0", hardware="h200", model="m", kv_capacity_tokens=777, max_model_len=999
+    )
+    router = Router(_Recorder(0), [info])
+    rng = random.Random(0)
+    router.route(
+        _req("a", prompt=50, hashes=(1,), media_hashes=(5,), media_tokens=10), 0.0, [None], rng
+    )
+    router.route(_req("b", prompt=70, hashes=(1, 2)), 0.0, [None], rng)
+    router.on_first_token("a", 0.4)
+    metrics = [
+        EngineMetrics(
+            num_requests_running=2, num_requests_waiting=3, kv_cache_usage=0.25, scraped_at_s=0.9
+        )
+    ]
+    probe = _req("p", prompt=40, hashes=(1, 2), media_hashes=(5, 6), media_tokens=8)
+    got = router.snapshot(probe, 1.0, metrics, healthy=[True]).replicas[0]
+    expected = ReplicaView(
+        index=0, name="r0", in_flight_requests=2, prefill_requests=1,
+        queued_prefill_tokens=70 - 16, decode_requests=1, running_decode_tokens=60 + 20,
+        prefix_hit_tokens=32, media_hit_tokens=4, recent_ttft_s=0.4,
+        recent_output_tokens_per_s=0.0, recent_requests_per_s=2 / router.window_s,
+        num_requests_running=2, num_requests_waiting=3, kv_cache_usage=0.25,
+        metrics_age_s=pytest.approx(0.1), hardware="h200", model="m",
+        kv_capacity_tokens=777, max_model_len=999, is_healthy=True,
+    )  # fmt: skip
+    for f in dataclasses.fields(ReplicaView):
+        assert getattr(got, f.name) == getattr(expected, f.name), f.name
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.integers(1, 2000), st.integers(0, 50), st.integers(0, 5), st.booleans()),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from(["least-loaded", "llm-d", "dynamo-kv", "sglang-cache-aware", "lmetric"]),
+)
+def test_bookkeeping_returns_to_zero_after_every_request_completes(reqs, policy):
+    router = _router(policy, n=3)
+    rng = random.Random(0)
+    ids = []
+    for k, (prompt, out, conv, with_first) in enumerate(reqs):
+        hashes = tuple(conv * 100 + j for j in range(prompt // 16))
+        router.route(
+            _req(f"q{k}", now=k * 0.1, prompt=prompt, hashes=hashes, out=out),
+            k * 0.1,
+            [None] * 3,
+            rng,
+        )
+        ids.append((f"q{k}", with_first))
+        snap = router.snapshot(_req("p", hashes=()), k * 0.1, [None] * 3)
+        assert sum(r.in_flight_requests for r in snap.replicas) == len(ids)
+        assert all(r.queued_prefill_tokens >= 0 for r in snap.replicas)
+    for rid, with_first in ids:
+        if with_first:
+            router.on_first_token(rid, 10.0)
+        router.on_complete(rid, 11.0, output_tokens=1)
+    for r in router.snapshot(_req("p", hashes=()), 12.0, [None] * 3).replicas:
+        assert (r.in_flight_requests, r.prefill_requests, r.queued_prefill_tokens) == (0, 0, 0)
+        assert (r.decode_requests, r.running_decode_tokens) == (0, 0)

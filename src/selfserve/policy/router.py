@@ -32,6 +32,8 @@ from selfserve.policy.snapshot import (
 DEFAULT_INDEX_CAPACITY_BLOCKS = 31_250
 # production-stack --request-stats-window: the sliding window for per-endpoint QPS.
 DEFAULT_WINDOW_S = 60.0
+# Media items remembered per replica (LRU) for media_hit_tokens.
+MEDIA_INDEX_CAPACITY = 10_000
 # LiteLLM latency-based routing averages the last 10 samples.
 TTFT_SAMPLES = 10
 
@@ -96,6 +98,8 @@ class Router:
         self._in_flight: dict[str, _InFlight] = {}
         self._index: BlockLRUIndex | None = None  # sized on the first request's block size
         self._index_block_size = 0
+        # media content hashes each replica was sent (its encoder/prefix cache may hold them)
+        self._media_seen = [BlockLRUIndex([MEDIA_INDEX_CAPACITY]) for _ in self.replicas]
         self.num_routed = 0
 
     # ---- public API -------------------------------------------------------------------
@@ -188,6 +192,19 @@ class Router:
             for i in range(len(self.replicas))
         ]
 
+    def _media_hit_tokens(self, request: RequestView) -> list[int]:
+        """Media tokens expected cached per replica: the request's media tokens times the
+        share of its media items already sent there (per-item sizes are not in the view)."""
+        n = len(request.media_hashes)
+        if not n or request.media_tokens <= 0:
+            return [0] * len(self.replicas)
+        out = []
+        for seen in self._media_seen:
+            held = seen.held[0]
+            k = sum(1 for h in request.media_hashes if h in held)
+            out.append(request.media_tokens * k // n)
+        return out
+
     def snapshot(
         self,
         request: RequestView,
@@ -197,8 +214,11 @@ class Router:
     ) -> ClusterSnapshot:
         """The frozen view a policy decides on (also useful to inspect the Router)."""
         hits = self.prefix_hit_tokens(request)
+        media_hits = self._media_hit_tokens(request)
         cutoff_s = now_s - self.window_s
+        window_s = self.window_s
         views = []
+        inf = math.inf
         for i, info in enumerate(self.replicas):
             book = self._books[i]
             dispatches = book.dispatch_times_s
@@ -211,38 +231,43 @@ class Router:
             if m is None:
                 running = waiting = 0
                 kv = 0.0
-                age_s = math.inf
+                age_s = inf
             else:
                 running, waiting, kv = (
                     m.num_requests_running,
                     m.num_requests_waiting,
                     m.kv_cache_usage,
                 )
-                age_s = max(0.0, now_s - m.scraped_at_s)
+                age_s = now_s - m.scraped_at_s
+                if age_s < 0.0:
+                    age_s = 0.0
             samples = book.ttft_samples_s
+            # Positional: this runs for every replica on every decision, and keyword
+            # construction of a 21-field frozen record costs ~40% more. The router tests
+            # compare these views field by field, so an order change cannot pass silently.
             views.append(
                 ReplicaView(
-                    index=i,
-                    name=info.name,
-                    in_flight_requests=book.in_flight_requests,
-                    prefill_requests=book.prefill_requests,
-                    queued_prefill_tokens=book.queued_prefill_tokens,
-                    decode_requests=book.decode_requests,
-                    running_decode_tokens=book.running_decode_tokens,
-                    prefix_hit_tokens=hits[i],
-                    media_hit_tokens=0,
-                    recent_ttft_s=book.ttft_sum_s / len(samples) if samples else 0.0,
-                    recent_output_tokens_per_s=book.completed_output_tokens / self.window_s,
-                    recent_requests_per_s=len(dispatches) / self.window_s,
-                    num_requests_running=running,
-                    num_requests_waiting=waiting,
-                    kv_cache_usage=kv,
-                    metrics_age_s=age_s,
-                    hardware=info.hardware,
-                    model=info.model,
-                    kv_capacity_tokens=info.kv_capacity_tokens,
-                    max_model_len=info.max_model_len,
-                    is_healthy=True if healthy is None else bool(healthy[i]),
+                    i,
+                    info.name,
+                    book.in_flight_requests,
+                    book.prefill_requests,
+                    book.queued_prefill_tokens,
+                    book.decode_requests,
+                    book.running_decode_tokens,
+                    hits[i],
+                    media_hits[i],
+                    book.ttft_sum_s / len(samples) if samples else 0.0,
+                    book.completed_output_tokens / window_s,
+                    len(dispatches) / window_s,
+                    running,
+                    waiting,
+                    kv,
+                    age_s,
+                    info.hardware,
+                    info.model,
+                    info.kv_capacity_tokens,
+                    info.max_model_len,
+                    True if healthy is None else bool(healthy[i]),
                 )
             )
         return ClusterSnapshot(now_s=now_s, request=request, replicas=tuple(views))
@@ -274,7 +299,8 @@ class Router:
     def _record_dispatch(self, snapshot: ClusterSnapshot, choice: int) -> None:
         request = snapshot.request
         total_prompt = request.total_prompt_tokens
-        hit = snapshot.replicas[choice].prefix_hit_tokens
+        view = snapshot.replicas[choice]
+        hit = view.prefix_hit_tokens + view.media_hit_tokens
         flight = _InFlight(
             replica=choice,
             dispatched_s=snapshot.now_s,
@@ -289,4 +315,6 @@ class Router:
         book.dispatch_times_s.append(snapshot.now_s)
         if self._index is not None and request.block_hashes:
             self._index.insert(choice, request.block_hashes, snapshot.now_s)
+        if request.media_hashes:
+            self._media_seen[choice].insert(0, request.media_hashes, snapshot.now_s)
         self.num_routed += 1
