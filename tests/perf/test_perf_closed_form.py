@@ -64,3 +64,19 @@ def test_mixed_step_costs_more_than_either_part_and_less_than_both_apart():
     assert mixed < perf.step_time_s(prefill, []) + perf.step_time_s(
         [], decodes
     )  # weights read once
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.sampled_from(sorted(MODELS)),
+    st.lists(st.tuples(st.integers(1, 8192), st.integers(0, 100_000)), min_size=0, max_size=4),
+    st.lists(st.integers(min_value=0, max_value=100_000), max_size=64),
+)
+def test_fast_step_time_agrees_with_step_cost(key, prefill, decodes):
+    perf = MODELS[key]
+    assert perf.step_time_s(prefill, decodes) == pytest.approx(
+        perf.step_cost(prefill, decodes).time_s, rel=1e-12
+    )
+    assert perf.step_time_s(prefill, decodes) == pytest.approx(
+        perf.step_time_s(prefill, decodes), rel=0
+    )  # memo is pure

@@ -16,8 +16,8 @@ calls it millions of times.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 from selfserve.catalog import Accelerator, ModelSpec, get_accelerator, get_model
 from selfserve.perf.calibration import Calibration, default_calibration, load_calibration
@@ -31,12 +31,18 @@ from selfserve.perf.deployment import (
 )
 
 
-@dataclass(frozen=True, slots=True)
-class StepCost:
-    """Time and energy of one step (or of a stretch of steps) on a whole replica."""
+class StepCost(NamedTuple):
+    """Time and energy of one step (or of a stretch of steps) on a whole replica.
+
+    A NamedTuple rather than a frozen dataclass: it is immutable too, and building one is
+    several times cheaper, which matters at millions of `decode_stretch` calls.
+    """
 
     time_s: float
     energy_j: float
+
+
+_new_cost = tuple.__new__  # builds a StepCost without NamedTuple's Python-level __new__
 
 
 def _smooth_max(a: float, b: float, p: float) -> float:
@@ -64,7 +70,7 @@ class PerfModel:
         "_cached_s_per_pair", "_kv_read_s_per_token", "_kv_rate", "_kv_unit_rate",
         "_kv_tok_bytes", "_attn_flops_per_pair", "_gemm_flops_per_token", "_lm_flops_per_seq",
         "_weight_bytes", "_expert_bytes", "_act_bytes_per_token", "_lm_bytes",
-        "_compute_w", "_j_per_byte", "_j_per_kv_byte", "_idle_replica_w", "_decode_cache",
+        "_compute_w", "_j_per_byte", "_j_per_kv_byte", "_idle_replica_w", "_decode_cache", "_token_cache", "_seq_cache",
     )  # fmt: skip
 
     @classmethod
@@ -187,7 +193,10 @@ class PerfModel:
         self._j_per_byte = cal.memory_power_fraction * hw.tdp_w / bw
         self._j_per_kv_byte = cal.kv_power_fraction * hw.tdp_w / bw
         self._idle_replica_w = self.idle_power_w * tp
-        self._decode_cache: dict[int, tuple[float, float, float, float]] = {}
+        self._decode_cache: dict[int, tuple[float, float, float, float]] = {0: (0.0, 0.0, 0.0, 0.0)}
+        # Per-instance memo tables (bounded), keyed by step token count / sequence count.
+        self._token_cache: dict[int, float] = {}
+        self._seq_cache: dict[int, float] = {}
 
     # ----- pieces -----
     def _gemm_time(self, tokens: int) -> tuple[float, float, float]:
@@ -227,6 +236,8 @@ class PerfModel:
         cached = self._decode_cache.get(batch_size)
         if cached is not None:
             return cached
+        if batch_size <= 0:  # an empty batch costs nothing (negative sizes are treated alike)
+            return (0.0, 0.0, 0.0, 0.0)
         b = batch_size
         gemm_s, gemm_busy_s, wbytes = self._gemm_time(b)
         lm_s, lm_busy_s = self._lm_time(b)
@@ -248,21 +259,25 @@ class PerfModel:
     # ----- public API -----
     def decode_step_time_s(self, batch_size: int, total_context_tokens: int) -> float:
         """Time of one pure-decode step of `batch_size` sequences holding `total_context_tokens`."""
-        if batch_size <= 0:
-            return 0.0
-        c = self._decode_cache.get(batch_size) or self._decode_coeffs(batch_size)
+        try:
+            c = self._decode_cache[batch_size]
+        except KeyError:
+            c = self._decode_coeffs(batch_size)
         return c[0] + c[1] * total_context_tokens
 
     def decode_stretch(
         self, batch_size: int, total_context_tokens: int, num_steps: int
     ) -> StepCost:
         """Exact sum over `num_steps` decode steps; each step adds `batch_size` context tokens."""
-        if batch_size <= 0 or num_steps <= 0:
+        if num_steps <= 0:
             return StepCost(0.0, 0.0)
-        c = self._decode_cache.get(batch_size) or self._decode_coeffs(batch_size)
+        try:
+            c = self._decode_cache[batch_size]
+        except KeyError:
+            c = self._decode_coeffs(batch_size)
         n = num_steps
         context_sum = n * total_context_tokens + batch_size * (n * (n - 1) // 2)
-        return StepCost(n * c[0] + c[1] * context_sum, n * c[2] + c[3] * context_sum)
+        return _new_cost(StepCost, (n * c[0] + c[1] * context_sum, n * c[2] + c[3] * context_sum))
 
     def step_cost(
         self, prefill: Sequence[tuple[int, int]], decode_contexts: Sequence[int]
@@ -316,14 +331,62 @@ class PerfModel:
     def step_time_s(
         self, prefill: Sequence[tuple[int, int]], decode_contexts: Sequence[int]
     ) -> float:
-        """Seconds for one engine step (see `step_cost`)."""
+        """Seconds for one engine step (same arithmetic as `step_cost`, without the energy)."""
+        b = len(decode_contexts)
         if not prefill:
-            b = len(decode_contexts)
-            if b == 0:
-                return 0.0
-            c = self._decode_cache.get(b) or self._decode_coeffs(b)
+            try:
+                c = self._decode_cache[b]
+            except KeyError:
+                c = self._decode_coeffs(b)
             return c[0] + c[1] * sum(decode_contexts)
-        return self.step_cost(prefill, decode_contexts).time_s
+        causal_pp = self._causal_s_per_pair
+        cached_pp = self._cached_s_per_pair
+        kv_read = self._kv_read_s_per_token
+        new_total = 0
+        attn_s = 0.0
+        for new, cached in prefill:
+            new_total += new
+            attn_s += new * (new + 1) * 0.5 * causal_pp
+            if cached:
+                compute_s = float(new) * cached * cached_pp
+                memory_s = cached * kv_read
+                attn_s += compute_s if compute_s >= memory_s else memory_s
+        tokens = new_total + b
+        try:
+            base_s = self._token_cache[tokens]
+        except KeyError:
+            base_s = self._token_time(tokens)
+        seqs = len(prefill) + b
+        try:
+            seq_s = self._seq_cache[seqs]
+        except KeyError:
+            seq_s = self._seq_time(seqs)
+        time_s = base_s + seq_s + attn_s
+        if b:
+            try:
+                c = self._decode_cache[b]
+            except KeyError:
+                c = self._decode_coeffs(b)
+            time_s += c[1] * sum(decode_contexts)
+        return time_s
+
+    def _token_time(self, tokens: int) -> float:
+        """Per-step time that depends on the step's token count: GEMMs, activations, all-reduce."""
+        value = (
+            self._gemm_time(tokens)[0]
+            + (self._act_s_per_token + self._ar_s_per_token) * tokens
+            + self._fixed_s
+        )
+        if len(self._token_cache) < 65536:
+            self._token_cache[tokens] = value
+        return value
+
+    def _seq_time(self, seqs: int) -> float:
+        """Per-step time that depends on the number of sampled sequences: LM head, engine."""
+        value = self._lm_time(seqs)[0] + self._seq_s * seqs
+        if len(self._seq_cache) < 65536:
+            self._seq_cache[seqs] = value
+        return value
 
     def step_energy_j(
         self, prefill: Sequence[tuple[int, int]], decode_contexts: Sequence[int]
