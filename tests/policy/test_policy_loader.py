@@ -129,3 +129,24 @@ def test_bad_yaml_file_names_the_file(tmp_path):
         make_policy(str(path))
     with pytest.raises(PolicyConfigError, match="missing.yaml: policy file not found"):
         make_policy(str(tmp_path / "missing.yaml"))
+
+
+def test_profile_filters_narrow_candidates_and_never_empty_them():
+    doc = {
+        "kind": "profile",
+        "filters": [{"type": "prefix-affinity", "params": {"threshold": 0.5}}, "fresh-metrics"],
+        "scorers": [{"type": "in-flight", "weight": 1}],
+        "picker": "first-max",
+    }
+    policy = make_policy(doc)
+    s = snap(
+        {"prefix_hit_tokens": 0, "in_flight_requests": 0},
+        {"prefix_hit_tokens": 48, "in_flight_requests": 9},
+        {"prefix_hit_tokens": 64, "in_flight_requests": 5, "metrics_age_s": 3.0},
+        prompt_tokens=64,
+    )
+    assert policy.choose(s, random.Random(0)) == 1  # r0 fails affinity, r2 is stale
+    s = snap(
+        {"metrics_age_s": 9.0, "in_flight_requests": 2}, {"metrics_age_s": 9.0}, prompt_tokens=64
+    )
+    assert policy.choose(s, random.Random(0)) == 1  # every filter would empty the set: skipped

@@ -14,7 +14,7 @@ from selfserve.policy import anchors_dynamo as dynamo
 from selfserve.policy import anchors_llmd as llmd
 from selfserve.policy import anchors_simple as simple
 from selfserve.policy import anchors_stack as stack
-from selfserve.policy import pickers, scorers
+from selfserve.policy import filters, pickers, scorers
 
 
 def _by_type(*classes: type) -> MappingProxyType:
@@ -58,7 +58,11 @@ SCORERS = _by_type(
     llmd.SessionAffinityScorer,
 )
 
-FILTERS = _by_type()
+FILTERS = _by_type(
+    filters.FreshMetricsFilter,
+    filters.PrefixAffinityFilter,
+    filters.QueueLimitFilter,
+)
 
 PICKERS = _by_type(
     pickers.MaxScorePicker,
