@@ -97,6 +97,17 @@ def test_calibration_round_trips_and_rejects_bad_fields(tmp_path):
         load_calibration(tmp_path / "missing.json")
 
 
+def test_calibration_files_may_be_yaml(tmp_path):
+    cal = Calibration(kv_bw_efficiency=0.8, notes={"why": "test"})
+    path = tmp_path / "cal.yaml"
+    cal.save(path)
+    assert "kv_bw_efficiency: 0.8" in path.read_text()
+    assert load_calibration(path) == cal
+    path.write_text("format: [unclosed\n")
+    with pytest.raises(CalibrationError, match="not valid YAML"):
+        load_calibration(path)
+
+
 def test_bad_profile_lines_name_line_and_field(tmp_path):
     path = tmp_path / "p.jsonl"
     path.write_text(

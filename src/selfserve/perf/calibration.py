@@ -14,6 +14,8 @@ import json
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
+import yaml
+
 from selfserve.perf.errors import CalibrationError
 
 FORMAT = "selfserve-calibration/1"
@@ -121,18 +123,34 @@ class Calibration:
         return cls(**values).validate(origin)
 
     def save(self, path: str | Path) -> None:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+        """Write JSON, or YAML when the name ends in .yaml/.yml."""
+        p = Path(path)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        if p.suffix in (".yaml", ".yml"):
+            p.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        else:
+            p.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
 
 
 def load_calibration(path: str | Path) -> Calibration:
-    """Read a calibration JSON file; errors name the file and field."""
+    """Read a calibration file (JSON, or YAML by suffix); errors name the file and field."""
+    p = Path(path)
     try:
-        doc = json.loads(Path(path).read_text())
+        text = p.read_text()
     except FileNotFoundError:
         raise CalibrationError(f"{path}: calibration file not found") from None
-    except json.JSONDecodeError as exc:
-        raise CalibrationError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+    if p.suffix in (".yaml", ".yml"):
+        try:
+            doc = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            raise CalibrationError(f"{path}{where}: not valid YAML ({exc})") from None
+    else:
+        try:
+            doc = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise CalibrationError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg})") from None
     return Calibration.from_dict(doc, str(path))
 
 
