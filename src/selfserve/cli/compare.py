@@ -18,7 +18,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wai
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from selfserve.cli.common import UserError, console, progress, write_json
+from selfserve.cli.common import UserError, console, err_console, progress, write_json
 
 DEFAULT_RATE_SCALES = (0.5, 0.75, 1.0, 1.25, 1.5, 2.0)
 DEFAULT_SLO = "ttft=2s,tpot=100ms"
@@ -316,10 +316,16 @@ def _execute(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
     results: list[dict[str, Any]] = []
     with progress(transient=False) as bar:
         task = bar.add_task("simulating", total=len(jobs), status="")
+
+        def finished(result: dict[str, Any]) -> None:
+            results.append(result)
+            bar.update(task, advance=1, status=_status(result))
+            if bar.disable:  # no live bar (a log or a pipe): one line per finished run
+                err_console.print(f"[{len(results)}/{len(jobs)}] {_status(result)}")
+
         if workers == 1:
             for job in jobs:
-                results.append(_guarded(job))
-                bar.update(task, advance=1, status=_status(results[-1]))
+                finished(_guarded(job))
             return results
         with ProcessPoolExecutor(max_workers=workers) as pool:
             pending: dict[Future, Job] = {pool.submit(_guarded, j): j for j in jobs}
@@ -327,8 +333,7 @@ def _execute(jobs: list[Job], workers: int) -> list[dict[str, Any]]:
                 done, _ = wait(pending, return_when=FIRST_COMPLETED)
                 for fut in done:
                     pending.pop(fut)
-                    results.append(fut.result())
-                    bar.update(task, advance=1, status=_status(results[-1]))
+                    finished(fut.result())
     return results
 
 
@@ -346,7 +351,13 @@ def _guarded(job: Job) -> dict[str, Any]:
 
 def _status(result: dict[str, Any]) -> str:
     what = "capacity" if result.get("rate_scale") is None else f"×{result['rate_scale']:g}"
-    return f"{result['policy']} {what}" + (" FAILED" if "error" in result else "")
+    if "error" in result:
+        return f"{result['policy']} {what} FAILED"
+    if "capacity" in result:
+        return f"{result['policy']} capacity ×{result['capacity']:.2f} ({result['wall_s']:.1f} s)"
+    att = result["summary"].get("attainment")
+    tail = f"attainment {att:.1%}" if att is not None else "done"
+    return f"{result['policy']} {what}: {tail} ({result['wall_s']:.1f} s)"
 
 
 def build_rows(specs: list[str], scales: list[float], results: list[dict[str, Any]]) -> list[dict]:
