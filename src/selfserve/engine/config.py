@@ -33,6 +33,7 @@ class EngineConfig:
     gpu_memory_utilization: float = 0.9
     enable_prefix_caching: bool = True
     enable_chunked_prefill: bool = True
+    num_gpu_blocks_override: int | None = None  # fix the KV cache size (tests, what-ifs)
 
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
@@ -43,6 +44,10 @@ class EngineConfig:
             )
         if self.block_size < 1:
             raise EngineConfigError(f"block_size must be >= 1, got {self.block_size}")
+        if self.num_gpu_blocks_override is not None and self.num_gpu_blocks_override < 1:
+            raise EngineConfigError(
+                f"num_gpu_blocks_override must be >= 1, got {self.num_gpu_blocks_override}"
+            )
         if not 0.0 < self.gpu_memory_utilization <= 1.0:
             raise EngineConfigError(
                 f"gpu_memory_utilization must be in (0, 1], got {self.gpu_memory_utilization}"

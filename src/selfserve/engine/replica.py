@@ -16,7 +16,7 @@ from __future__ import annotations
 from selfserve.engine.config import EngineConfig, EngineConfigError, RequestTooLarge
 from selfserve.engine.outputs import EngineStats, StepOutput
 from selfserve.engine.request import ABORTED, RUNNING, WAITING, EngineRequest
-from selfserve.engine.scheduler import Scheduler
+from selfserve.engine.scheduler import Batch, Scheduler
 from selfserve.engine.stretch import (
     block_slack,
     new_blocks,
@@ -35,8 +35,12 @@ class EngineReplica:
         self.perf = perf
         self.config = config = config or EngineConfig()
         self.name = name
-        kv_tokens = int(perf.kv_capacity_tokens(config.gpu_memory_utilization))
-        num_blocks = kv_tokens // config.block_size
+        if config.num_gpu_blocks_override is not None:
+            num_blocks = config.num_gpu_blocks_override
+            kv_tokens = num_blocks * config.block_size
+        else:
+            kv_tokens = int(perf.kv_capacity_tokens(config.gpu_memory_utilization))
+            num_blocks = kv_tokens // config.block_size
         if num_blocks < 1:
             raise EngineConfigError(
                 f"{name}: no room for a KV cache (capacity {kv_tokens} tokens at "
@@ -145,8 +149,8 @@ class EngineReplica:
         batch = sched.schedule()
         if batch.scheduled:
             time_s, energy_j = self._step_cost(batch.prefill, batch.decode_contexts)
-            if batch.encoder_tokens:
-                time_s += self.perf.encoder_time_s(batch.encoder_tokens)
+            for kind, tokens in batch.encoder_tokens:
+                time_s += self.perf.encoder_time_s(tokens, kind)
         else:  # everything running was preempted; admission happens next step
             time_s = energy_j = 0.0
         end_s = start_s + time_s
@@ -173,13 +177,36 @@ class EngineReplica:
                 events.append((end_s, FIRST_TOKEN, req))
             for req in finished:
                 events.append((end_s, FINISHED, req))
-            self._stable_decode = (
-                not batch.prefill
-                and not batch.preempted
-                and not finished
-                and not batch.num_admitted
-                and len(batch.scheduled) == len(sched.running)
-            )
+            self._stable_decode = self._next_step_is_pure_decode(batch, finished)
+
+    def _next_step_is_pure_decode(self, batch: Batch, finished: list[EngineRequest]) -> bool:
+        """Will the next step decode exactly the running batch, admitting nothing?
+
+        True when this step already was such a step (a waiting head that failed to fit
+        keeps failing while decode only consumes KV), or when nothing waits and every
+        running request is past its prefill.
+        """
+        sched = self.scheduler
+        running = sched.running
+        if not running or len(running) > self.config.max_num_batched_tokens:
+            return False
+        if (
+            not batch.prefill
+            and not batch.preempted
+            and not finished
+            and not batch.num_admitted
+            and len(batch.scheduled) == len(running)
+        ):
+            return True
+        if sched.waiting:
+            return False
+        for req in running:
+            if (
+                req.num_emitted_tokens == 0
+                or req.num_computed_tokens != req.prompt_total + req.num_emitted_tokens - 1
+            ):
+                return False
+        return True
 
     def _decode_stretch(self, t_s: float) -> bool:
         """Apply a run of identical decode steps starting before `t_s`; False if none."""
@@ -195,11 +222,7 @@ class EngineReplica:
         batch_size = len(running)
         context = sum(r.num_computed_tokens for r in running) + batch_size
         perf = self.perf
-        n = steps_starting_before(
-            lambda q: perf.decode_stretch(batch_size, context, q).time_s if q else 0.0,
-            t_s - self.clock_s,
-            max_steps,
-        )
+        n = steps_starting_before(perf, batch_size, context, t_s - self.clock_s, max_steps)
         if n <= 0:
             return False
         cost = perf.decode_stretch(batch_size, context, n)
@@ -227,7 +250,8 @@ class EngineReplica:
                 del self.requests[req.request_id]
                 self.events.append((end_s, FINISHED, req))
             sched.running = [r for r in running if r.status == RUNNING]
-            self._stable_decode = False
+            # the rest keep decoding unless a waiting request may now be admitted
+            self._stable_decode = bool(sched.running) and not sched.waiting
         elif n == max_steps:
             self._stable_decode = False  # the KV cache is full: the next step preempts
         return True

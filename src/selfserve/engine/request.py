@@ -44,6 +44,7 @@ class EngineRequest:
     arrival_s: float = 0.0
     hash_block_tokens: int = 0
     media_part_tokens: tuple[int, ...] = ()
+    media_kinds: tuple[str, ...] = ()  # "image" | "audio" | "video" per media item
     # --- scheduling state (engine-owned) ---
     status: int = WAITING
     num_computed_tokens: int = 0
@@ -62,7 +63,9 @@ class EngineRequest:
     held_blocks: int = 0
     next_unit: int = 0  # first unit not yet held
     media_first_unit: int = 0  # index of the first media unit in `unit_hashes`
-    encoder_pending_tokens: int = 0  # media tokens still to encode (adapter models)
+    prompt_total: int = 0  # text + media prompt tokens (set by `prepare`)
+    units_end_tokens: int = 0  # tokens covered by all units (set by `prepare`)
+    units_end_blocks: int = 0  # blocks of all units (set by `prepare`)
 
     @property
     def total_prompt_tokens(self) -> int:
@@ -71,12 +74,15 @@ class EngineRequest:
     @property
     def num_tokens(self) -> int:
         """Tokens whose KV the next step needs: the prompt plus tokens emitted so far."""
-        return self.prompt_tokens + self.media_tokens + self.num_emitted_tokens
+        return self.prompt_total + self.num_emitted_tokens
 
     @property
     def is_prefilling(self) -> bool:
         # decoding = one token emitted per step with all earlier tokens already in KV
-        return self.num_emitted_tokens == 0 or self.num_computed_tokens < self.num_tokens - 1
+        return (
+            self.num_emitted_tokens == 0
+            or self.num_computed_tokens < self.prompt_total + self.num_emitted_tokens - 1
+        )
 
     def prepare(self, block_size: int) -> None:
         """Build the unit layout for an engine with `block_size`-token blocks."""
@@ -108,12 +114,15 @@ class EngineRequest:
         self.unit_hashes = hashes
         self.unit_end_tokens = ends
         self.unit_end_blocks = end_blocks
+        self.units_end_tokens = ends[-1] if ends else 0
+        self.units_end_blocks = end_blocks[-1] if end_blocks else 0
+        self.prompt_total = self.prompt_tokens + self.media_tokens
 
     def blocks_for(self, num_tokens: int, block_size: int) -> int:
         """KV blocks needed to hold the first `num_tokens` tokens of this request."""
+        if num_tokens >= self.units_end_tokens:  # past every unit (also: no units)
+            return self.units_end_blocks + -(-(num_tokens - self.units_end_tokens) // block_size)
         ends = self.unit_end_tokens
-        if not ends:
-            return -(-num_tokens // block_size)
         k = bisect_right(ends, num_tokens)
         if k == 0:
             return -(-num_tokens // block_size)

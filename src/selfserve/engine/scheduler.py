@@ -28,7 +28,7 @@ class Batch:
     prefill: list[tuple[int, int]] = field(default_factory=list)  # (new, cached before)
     decode_contexts: list[int] = field(default_factory=list)
     preempted: list[EngineRequest] = field(default_factory=list)
-    encoder_tokens: int = 0
+    encoder_tokens: list[tuple[str, int]] = field(default_factory=list)  # (kind, tokens)
     num_admitted: int = 0
 
 
@@ -75,18 +75,28 @@ class Scheduler:
         running = self.running
         batch = Batch()
         scheduled = batch.scheduled
+        prefill = batch.prefill
+        decode_contexts = batch.decode_contexts
         budget = config.max_num_batched_tokens
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
-            num_new = req.num_tokens - req.num_computed_tokens
+            computed = req.num_computed_tokens
+            num_new = req.prompt_total + req.num_emitted_tokens - computed
+            is_decode = num_new == 1 and req.num_emitted_tokens > 0
             if num_new > budget:
                 num_new = budget
             fits = True
             while True:
-                need = (
-                    req.blocks_for(req.num_computed_tokens + num_new, block_size) - req.held_blocks
-                )
+                total = computed + num_new
+                if total >= req.units_end_tokens:
+                    need = (
+                        req.units_end_blocks
+                        + (total - req.units_end_tokens + block_size - 1) // block_size
+                        - req.held_blocks
+                    )
+                else:
+                    need = req.blocks_for(total, block_size) - req.held_blocks
                 if need <= ledger.num_free_blocks:
                     if need > 0:
                         ledger.allocate(need)
@@ -102,15 +112,14 @@ class Scheduler:
             if not fits:
                 break
             scheduled.append((req, num_new))
+            if is_decode:
+                decode_contexts.append(computed + 1)
+            else:
+                prefill.append((num_new, computed))
             budget -= num_new
             i += 1
-        if not batch.preempted:
-            budget = self._admit(batch, budget)
-        for req, num_new in scheduled:
-            if req.is_prefilling:
-                batch.prefill.append((num_new, req.num_computed_tokens))
-            else:
-                batch.decode_contexts.append(req.num_computed_tokens + 1)
+        if not batch.preempted and self.waiting:
+            self._admit(batch, budget)
         return batch
 
     def _admit(self, batch: Batch, budget: int) -> int:
@@ -161,33 +170,40 @@ class Scheduler:
             if req.num_cached_tokens < 0:
                 req.num_cached_tokens = cached_tokens
                 if self.has_encoder and req.media_hashes:
-                    batch.encoder_tokens += self._encode_missing(req, hits)
+                    self._encode_missing(req, hits, batch.encoder_tokens)
             self.prefix_queries_tokens += num_tokens
             self.prefix_hits_tokens += cached_tokens
             running.append(req)
             batch.scheduled.append((req, num_new))
+            batch.prefill.append((num_new, cached_tokens))
             batch.num_admitted += 1
             budget -= num_new
         return budget
 
-    def _encode_missing(self, req: EngineRequest, hits: int) -> int:
-        """Media tokens the encoder must run for `req` (prefix hits and cached items skip)."""
+    def _encode_missing(self, req: EngineRequest, hits: int, out: list[tuple[str, int]]) -> None:
+        """Append (kind, tokens) the encoder must run for `req`; prefix hits and items in
+        the encoder cache (LRU by content hash, sized to the token budget) skip it."""
         cache = self.encoder_cache
-        parts = [(h, t) for h, t in zip(req.media_hashes, _media_parts(req), strict=True) if t > 0]
-        tokens = 0
-        for j, (content_hash, item_tokens) in enumerate(parts):
-            if req.media_first_unit + j < hits:
+        kinds = req.media_kinds or ("image",) * len(req.media_hashes)
+        j = 0
+        for content_hash, item_tokens, kind in zip(
+            req.media_hashes, _media_parts(req), kinds, strict=True
+        ):
+            if item_tokens <= 0:
+                continue
+            unit = req.media_first_unit + j
+            j += 1
+            if unit < hits:
                 continue  # its KV is already cached: no encoder input needed
             if content_hash in cache:
                 cache.move_to_end(content_hash)
                 continue
-            tokens += item_tokens
+            out.append((kind, item_tokens))
             cache[content_hash] = item_tokens
             self.encoder_cache_tokens += item_tokens
             while self.encoder_cache_tokens > self.encoder_capacity_tokens and len(cache) > 1:
                 _, old = cache.popitem(last=False)
                 self.encoder_cache_tokens -= old
-        return tokens
 
     def _preempt(self, req: EngineRequest) -> None:
         """Recompute-style preemption: free the KV, restart the request later."""
@@ -210,14 +226,18 @@ class Scheduler:
         ledger = self.ledger
         caching = self.config.enable_prefix_caching
         first: list[EngineRequest] = []
-        emitted: list[EngineRequest] = []
+        emitted_reqs: list[EngineRequest] = []
         finished: list[EngineRequest] = []
+        prompt_computed = 0
         for req, num_new in batch.scheduled:
-            if req.is_prefilling:
-                self.prompt_tokens_computed += num_new
-            computed = req.num_computed_tokens + num_new
+            computed = req.num_computed_tokens
+            emitted = req.num_emitted_tokens
+            num_tokens = req.prompt_total + emitted
+            if emitted == 0 or computed < num_tokens - 1:
+                prompt_computed += num_new
+            computed += num_new
             req.num_computed_tokens = computed
-            if caching:
+            if caching and req.next_unit < len(req.unit_end_tokens):
                 k = req.next_unit
                 ends = req.unit_end_tokens
                 while k < len(ends) and ends[k] <= computed:
@@ -227,20 +247,22 @@ class Scheduler:
                         req.plain_blocks -= blocks
                     k += 1
                 req.next_unit = k
-            if computed == req.num_tokens:
-                req.num_emitted_tokens += 1
-                self.generation_tokens += 1
-                emitted.append(req)
+            if computed == num_tokens:
+                emitted += 1
+                req.num_emitted_tokens = emitted
+                emitted_reqs.append(req)
                 if req.first_token_s < 0:
                     req.first_token_s = end_s
                     first.append(req)
-                if req.num_emitted_tokens >= req.output_tokens:
+                if emitted >= req.output_tokens:
                     finished.append(req)
+        self.prompt_tokens_computed += prompt_computed
+        self.generation_tokens += len(emitted_reqs)
         if finished:
             for req in finished:
                 self._finish(req, end_s)
             self.running = [r for r in self.running if r.status == RUNNING]
-        return first, emitted, finished
+        return first, emitted_reqs, finished
 
     def _finish(self, req: EngineRequest, end_s: float) -> None:
         self.ledger.release(req.held_units, req.plain_blocks)

@@ -18,13 +18,9 @@ from selfserve.engine.request import EngineRequest
 
 def block_slack(req: EngineRequest, block_size: int) -> int:
     """Decode tokens `req` can still add before it needs another KV block."""
-    ends = req.unit_end_tokens
-    if ends:
-        prompt_blocks = req.unit_end_blocks[-1]
-        prompt_end = ends[-1]
-    else:
-        prompt_blocks = prompt_end = 0
-    return (req.held_blocks - prompt_blocks) * block_size - (req.num_computed_tokens - prompt_end)
+    return (req.held_blocks - req.units_end_blocks) * block_size - (
+        req.num_computed_tokens - req.units_end_tokens
+    )
 
 
 def new_blocks(slacks: Sequence[int], steps: int, block_size: int) -> int:
@@ -52,20 +48,37 @@ def steps_within_kv(
     return lo
 
 
-def steps_starting_before(stretch_time, budget_s: float, max_steps: int) -> int:
-    """Number of steps j in [1, max_steps] whose start (sum of the j-1 before) < budget_s.
+def steps_starting_before(
+    perf, batch_size: int, context_tokens: int, budget_s: float, max_steps: int
+) -> int:
+    """How many of the next `max_steps` decode steps start within `budget_s`.
 
-    `stretch_time(q)` is the summed time of the first q steps (nondecreasing in q).
+    Step j (1-based) starts after the j-1 before it, whose summed time is
+    `perf.decode_stretch(batch_size, context_tokens, j - 1)`. The step time grows linearly
+    with context, so a quadratic gives the count; exact sums then settle the boundary.
     """
     if budget_s <= 0.0:
         return 0
-    if stretch_time(max_steps - 1) < budget_s:
+    if max_steps <= 1 or budget_s == float("inf"):
         return max_steps
-    lo, hi = 0, max_steps - 1  # time(lo) < budget, time(hi) >= budget
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        if stretch_time(mid) < budget_s:
-            lo = mid
-        else:
-            hi = mid
-    return lo + 1
+
+    def elapsed(q: int) -> float:
+        return perf.decode_stretch(batch_size, context_tokens, q).time_s
+
+    last = max_steps - 1
+    if elapsed(last) < budget_s:
+        return max_steps
+    first_s = perf.decode_step_time_s(batch_size, context_tokens)
+    last_s = perf.decode_step_time_s(batch_size, context_tokens + batch_size * last)
+    growth_s = (last_s - first_s) / last
+    if growth_s > 0.0:
+        a1 = first_s - 0.5 * growth_s
+        q = int((-a1 + (a1 * a1 + 2.0 * growth_s * budget_s) ** 0.5) / growth_s)
+    else:
+        q = int(budget_s / first_s) if first_s > 0.0 else last
+    q = min(max(q, 0), last - 1)
+    while q > 0 and elapsed(q) >= budget_s:
+        q -= 1
+    while q + 1 < last and elapsed(q + 1) < budget_s:
+        q += 1
+    return q + 1

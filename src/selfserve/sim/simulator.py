@@ -160,6 +160,7 @@ class _Run:
             arrival_s=arrival_s,
             hash_block_tokens=req.block_size,
             media_part_tokens=tuple(p.tokens for p in req.media),
+            media_kinds=tuple(p.kind for p in req.media),
         )
         ereq.num_cached_tokens = -1
         self.engine_requests[k] = ereq

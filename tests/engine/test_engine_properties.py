@@ -1,0 +1,138 @@
+"""Property tests over random request mixes: nothing is lost or duplicated, every request
+emits exactly its output tokens, KV blocks are conserved at every step, and the fast mode
+(closed-form decode stretches) reproduces the step-by-step reference."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from selfserve.engine import EngineConfig, EngineReplica, EngineRequest
+from selfserve.perf import PerfModel
+
+PERF = PerfModel.create("llama-3.1-8b", "h100")
+
+request_specs = st.lists(
+    st.tuples(
+        st.floats(0.0, 2.0),  # arrival gap
+        st.integers(1, 3000),  # prompt tokens
+        st.integers(1, 300),  # output tokens
+        st.lists(st.integers(0, 3), max_size=6),  # prefix ids (small alphabet: sharing)
+    ),
+    min_size=1,
+    max_size=25,
+)
+configs = st.builds(
+    EngineConfig,
+    max_num_seqs=st.integers(1, 16),
+    max_num_batched_tokens=st.sampled_from([512, 2048, 8192]),
+    num_gpu_blocks_override=st.integers(260, 1200),
+    enable_prefix_caching=st.booleans(),
+)
+
+
+def make_requests(specs) -> list[EngineRequest]:
+    out, t = [], 0.0
+    for i, (gap, prompt, output, ids) in enumerate(specs):
+        t += gap
+        n_blocks = min(len(ids), prompt // 64)
+        hashes, parent = [], 0
+        for x in ids[:n_blocks]:
+            parent = parent * 31 + x + 1
+            hashes.append(parent)
+        out.append(
+            EngineRequest(f"r{i}", prompt, output, tuple(hashes), arrival_s=t, hash_block_tokens=64)
+        )
+    return out
+
+
+def assert_blocks_conserved(replica: EngineReplica) -> None:
+    """Private blocks of running requests + in-use cached units + free == total, and each
+    unit's reference count is the number of running requests holding it."""
+    ledger = replica.scheduler.ledger
+    ledger.check()
+    running = replica.scheduler.running
+    refs: dict[int, int] = {}
+    for req in running:
+        for h in req.held_units:
+            refs[h] = refs.get(h, 0) + 1
+        assert req.plain_blocks >= 0
+        assert req.held_blocks == req.plain_blocks + sum(
+            ledger.cached_blocks[h] for h in req.held_units
+        )
+    assert refs == {h: n for h, n in ledger.cached_refs.items() if n > 0}
+    in_use_units = sum(ledger.cached_blocks[h] for h in refs)
+    private = sum(req.plain_blocks for req in running)
+    assert private + in_use_units + ledger.num_free_blocks == ledger.num_blocks
+
+
+def drive_step_mode(replica: EngineReplica, reqs: list[EngineRequest]) -> None:
+    """Reference loop: arrivals join before a step starting at the same instant."""
+    pending = list(reqs)
+    now = 0.0
+    while pending or not replica.is_idle:
+        while pending and pending[0].arrival_s <= now:
+            replica.add(pending.pop(0), now)
+        out = replica.step(now)
+        if out is None:
+            now = pending[0].arrival_s
+            continue
+        assert_blocks_conserved(replica)
+        now = out.end_s
+
+
+def drive_fast_mode(replica: EngineReplica, reqs: list[EngineRequest]) -> None:
+    for req in reqs:
+        replica.advance_to(req.arrival_s)
+        replica.add(req, req.arrival_s)
+    replica.advance_to(float("inf"))
+
+
+def fresh(reqs: list[EngineRequest]) -> list[EngineRequest]:
+    return [
+        EngineRequest(
+            r.request_id,
+            r.prompt_tokens,
+            r.output_tokens,
+            r.block_hashes,
+            arrival_s=r.arrival_s,
+            hash_block_tokens=r.hash_block_tokens,
+        )  # fmt: skip
+        for r in reqs
+    ]
+
+
+def fits(config: EngineConfig, req: EngineRequest) -> bool:
+    return -(-(req.prompt_tokens + req.output_tokens) // 16) <= config.num_gpu_blocks_override
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs=request_specs, config=configs)
+def test_every_request_finishes_once_with_its_output_tokens(specs, config):
+    reqs = [r for r in make_requests(specs) if fits(config, r)]
+    replica = EngineReplica(PERF, config)
+    drive_step_mode(replica, reqs)
+    assert all(r.num_emitted_tokens == r.output_tokens for r in reqs)
+    assert all(0 <= r.first_token_s <= r.finish_s for r in reqs)
+    assert replica.metrics().generation_tokens == sum(r.output_tokens for r in reqs)
+    ledger = replica.scheduler.ledger
+    assert ledger.num_free_blocks == ledger.num_blocks
+    assert not replica.requests
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(specs=request_specs, config=configs)
+def test_fast_mode_matches_step_mode_per_request(specs, config):
+    reqs = [r for r in make_requests(specs) if fits(config, r)]
+    step_reqs, fast_reqs = fresh(reqs), fresh(reqs)
+    step_replica = EngineReplica(PERF, config)
+    fast_replica = EngineReplica(PERF, config)
+    drive_step_mode(step_replica, step_reqs)
+    drive_fast_mode(fast_replica, fast_reqs)
+    for s, f in zip(step_reqs, fast_reqs, strict=True):
+        assert f.first_token_s == pytest.approx(s.first_token_s, rel=1e-9, abs=1e-9)
+        assert f.finish_s == pytest.approx(s.finish_s, rel=1e-9, abs=1e-9)
+        assert (f.num_cached_tokens, f.num_preemptions) == (s.num_cached_tokens, s.num_preemptions)
+    assert fast_replica.metrics().num_steps == step_replica.metrics().num_steps
+    assert fast_replica.energy_j == pytest.approx(step_replica.energy_j, rel=1e-9)
