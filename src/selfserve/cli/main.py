@@ -18,6 +18,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "selfserve.cli.calibrate",
     "selfserve.cli.profile",
     "selfserve.cli.plan",
+    "selfserve.cli.simulate",
+    "selfserve.cli.capacity",
     "selfserve.cli.serve",
     "selfserve.cli.twin",
     "selfserve.cli.bench",
