@@ -78,3 +78,15 @@ def test_headroom_of_a_failing_fleet_is_zero_and_huge_headroom_is_capped():
     assert max_rate_multiplier(lambda m: 0.1).multiplier == 0.0
     capped = max_rate_multiplier(lambda m: 1.0, max_multiplier=4.0)
     assert capped.capped and capped.multiplier == 4.0
+
+
+def test_offered_demand_lets_the_search_skip_sizes_that_cannot_pass():
+    # each replica serves at most 100 tok/s; 4,000 tok/s are offered; 45 replicas pass.
+    def probe(n: int) -> Probe:
+        return Probe(0.95 if n >= 45 else 0.0, 100.0 * min(n, 45))
+
+    blind = min_replicas(probe)
+    informed = min_replicas(probe, demand_output_tokens_per_s=4000.0)
+    assert blind.replicas == informed.replicas == 45
+    assert informed.num_simulations < blind.num_simulations
+    assert 40 in informed.evaluations  # jumped straight to the throughput lower bound

@@ -143,10 +143,9 @@ def handle(args: argparse.Namespace) -> int:
     from selfserve.plan.options import NoFitError
     from selfserve.plan.prices import PriceError, parse_price_overrides
     from selfserve.plan.report import (
-        OPTION_HEADERS,
-        option_row,
         plan_json,
         summary_lines,
+        terminal_rows,
         write_html,
     )
 
@@ -189,12 +188,18 @@ def handle(args: argparse.Namespace) -> int:
             )
         except NoFitError as exc:
             raise UserError(str(exc)) from None
+    headers, rows, notes = terminal_rows(result)
     table = Table(title=f"plan: {args.model}, SLO {args.slo}, {args.price_basis} prices")
-    for header in OPTION_HEADERS:
-        table.add_column(header, overflow="fold")
-    for plan in result.options:
-        table.add_row(*option_row(plan, result.growth))
+    for header in headers:
+        if header == "option":
+            table.add_column(header, no_wrap=True)
+        else:
+            table.add_column(header, justify="right")
+    for row in rows:
+        table.add_row(*row)
     console.print(table)
+    for note in notes:
+        console.print(f"  {note}", highlight=False)
     for line in summary_lines(result):
         console.print(line)
     if args.json:

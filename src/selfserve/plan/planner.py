@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from selfserve.catalog.accelerators import Price
 from selfserve.plan.measure import FleetMeasurement, measure_fleet
@@ -118,7 +118,10 @@ def evaluate_option(
 
         return at
 
-    search = min_replicas(probe(1.0), max_replicas=settings.max_replicas)
+    demand = offered_output_tokens_per_s(workload)
+    search = min_replicas(
+        probe(1.0), max_replicas=settings.max_replicas, demand_output_tokens_per_s=demand
+    )
     if search.replicas is None:
         return OptionPlan(option, fit, price, price_reason, search=search, reason=search.reason)
     replicas = search.replicas
@@ -133,7 +136,10 @@ def evaluate_option(
             growth_search = ReplicaSearch(replicas, run(replicas, 1.0).attainment)
         else:
             growth_search = min_replicas(
-                probe(settings.growth), start=replicas, max_replicas=settings.max_replicas
+                probe(settings.growth),
+                start=replicas,
+                max_replicas=settings.max_replicas,
+                demand_output_tokens_per_s=demand * settings.growth,
             )
         if growth_search.replicas is not None:
             at_growth = run(growth_search.replicas, settings.growth)
@@ -158,8 +164,28 @@ def evaluate_option(
     )
 
 
+def offered_output_tokens_per_s(workload: Workload) -> float:
+    """Output tokens the workload asks for per second of its arrival span."""
+    span_s = workload.span_s
+    tokens = sum(request.output_tokens for request in workload.requests)
+    return tokens / span_s if span_s > 0 else 0.0
+
+
 def _rate(measurement: FleetMeasurement) -> float:
     return measurement.rate_scale
+
+
+def picklable(workload: Workload) -> Workload:
+    """A copy whose requests can cross a process boundary.
+
+    `Request.tags` defaults to a read-only `mappingproxy`, which pickle refuses; workers
+    only read tags, so a plain dict per request is an equivalent stand-in.
+    """
+    requests = [
+        request if isinstance(request.tags, dict) else replace(request, tags=dict(request.tags))
+        for request in workload.requests
+    ]
+    return Workload(requests, workload.name, workload.source, workload.block_size)
 
 
 def run_options(
@@ -181,6 +207,7 @@ def run_options(
             if on_done:
                 on_done(results[index])
     else:
+        workload = picklable(workload)
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             futures = {
                 pool.submit(

@@ -38,6 +38,8 @@ OPTION_HEADERS: tuple[str, ...] = (
 def _money(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "–"
+    if value >= 100:
+        return f"${value:,.0f}"
     return f"${value:,.2f}" if value >= 0.995 else f"${value:.3f}"
 
 
@@ -84,6 +86,33 @@ def option_row(plan: OptionPlan, growth: float) -> list[str]:
         price,
         plan.reason,
     ]
+
+
+TERMINAL_COLUMNS: tuple[str, ...] = OPTION_HEADERS[:10]
+
+
+def terminal_rows(result: PlanResult) -> tuple[list[str], list[list[str]], list[str]]:
+    """(headers, rows, footnotes) for a terminal-width table: prices and reasons go below."""
+    headers = list(TERMINAL_COLUMNS)
+    if result.growth != 1.0:
+        headers += [f"GPUs ×{result.growth:g}", f"$/h ×{result.growth:g}"]
+    rows = []
+    for plan in result.options:
+        if not plan.fit.fits:
+            continue
+        full = option_row(plan, result.growth)
+        rows.append(full[: len(TERMINAL_COLUMNS)] + (full[10:12] if result.growth != 1.0 else []))
+    notes = []
+    for card in dict.fromkeys(plan.option.hardware for plan in result.options if plan.fit.fits):
+        plan = next(p for p in result.options if p.option.hardware == card)
+        if plan.price is not None:
+            notes.append(f"{card} price: {price_label(plan.price)} — {plan.price.source}")
+        else:
+            notes.append(f"{card} price: none — {plan.price_reason}")
+    for plan in result.options:
+        if plan.reason:
+            notes.append(f"{plan.option.label}: {plan.reason}")
+    return headers, rows, notes
 
 
 def summary_lines(result: PlanResult) -> list[str]:

@@ -9,6 +9,7 @@ search also stops when doubling no longer moves attainment, and says so.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -44,6 +45,7 @@ def min_replicas(
     start: int = 1,
     max_replicas: int = 256,
     plateau_gain: float = 0.005,
+    demand_output_tokens_per_s: float | None = None,
 ) -> ReplicaSearch:
     """Smallest n in [start, max_replicas] whose probe attains ≥ target.
 
@@ -53,6 +55,11 @@ def min_replicas(
     by less than `plateau_gain` *and* served throughput by less than 2% — an overloaded
     fleet can sit at 0% attainment while its throughput still doubles, so flat attainment
     alone is not enough.
+
+    `demand_output_tokens_per_s` (the workload's offered output rate) lets the search jump:
+    an overloaded fleet's served rate is its maximum, so demand ÷ (served rate per replica)
+    is a lower bound on the fleet, and the next probe goes straight there instead of
+    doubling through sizes that cannot pass.
     """
     if start < 1 or max_replicas < start:
         raise ValueError(f"need 1 ≤ start ≤ max_replicas, got start={start}, max={max_replicas}")
@@ -98,7 +105,11 @@ def min_replicas(
                 f"{max_replicas} replicas reach only {attained:.1%} attainment "
                 f"(target {target:.0%}); raise --max-replicas",
             )
-        n = min(n * 2, max_replicas)
+        next_n = n * 2
+        served_per_replica = probes[n].output_tokens_per_s / n
+        if demand_output_tokens_per_s and served_per_replica > 0:
+            next_n = max(next_n, math.ceil(demand_output_tokens_per_s / served_per_replica))
+        n = min(next_n, max_replicas)
     first_pass = n
     while first_pass - last_fail > 1:
         mid = (first_pass + last_fail) // 2
