@@ -83,7 +83,10 @@ def register(subparsers) -> None:
         help="validation sub-windows for CIs (default 6)",
     )
     parser.add_argument(
-        "--curve-points", type=int, default=5, help="rates per policy in the attainment plot"
+        "--curve-points",
+        type=int,
+        default=0,
+        help="extra grid rates per policy for the attainment plot (bisection probes are always plotted)",
     )
     parser.add_argument("--out", required=True, help="policy file to write (YAML)")
     parser.add_argument("--json", help="write the full result as JSON")

@@ -23,6 +23,8 @@ from typing import Any
 
 OBJECTIVES: tuple[str, ...] = ("capacity", "goodput", "cost")
 ATTAINMENT_TARGET = 0.9
+# The bracket search walks at most this factor away from the starting guess.
+_MAX_BRACKET = 64.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -189,24 +191,24 @@ def find_capacity(
             assert hi is not None
             if hi.rate <= plan.reject_below:
                 break  # clearly below the bar: no need to know by how much
+            if hi.rate <= plan.start_rate / _MAX_BRACKET:
+                return 0.0, probes, True  # misses the SLO even nearly idle: no capacity
             nxt = probe(hi.rate / step)
             if nxt.attainment >= target:
                 lo = nxt
             else:
                 hi = nxt
         else:
+            if lo.rate >= plan.start_rate * _MAX_BRACKET:
+                break  # meets the SLO far beyond the guess: report what was shown
             nxt = probe(lo.rate * step)
             if nxt.attainment >= target:
                 lo = nxt
             else:
                 hi = nxt
         step = step * step if step < 4 else step
-    if lo is None:
-        # Failed even at the lowest rate tried: scale by how far attainment fell short.
-        lowest = min(probes, key=lambda p: p.rate)
-        return lowest.rate * max(lowest.attainment, 0.0) / target, probes, False
-    if hi is None:
-        return lo.rate, probes, False
+    if lo is None or hi is None:
+        return _extrapolate(probes, target), probes, False
     while hi.rate / lo.rate > 1.0 + plan.rel_tol and len(probes) < plan.max_sims:
         mid = probe(math.sqrt(lo.rate * hi.rate))
         if mid.attainment >= target:
@@ -218,3 +220,25 @@ def find_capacity(
     fraction = (lo.attainment - target) / span if span > 1e-12 else 0.0
     capacity = lo.rate + (hi.rate - lo.rate) * min(max(fraction, 0.0), 1.0)
     return capacity, probes, exact
+
+
+def _extrapolate(probes: list[Probe], target: float) -> float:
+    """Capacity estimate when the probes never straddled the target (search shortcuts).
+
+    With two or more probes on one side, extend the line through the two nearest the
+    target to where it crosses it (clamped to within 2x of the probed rates); with one,
+    scale its rate by how far attainment is from the target. Monotone in attainment, so
+    ranking candidates by it still favours the one that held up better.
+    """
+    ordered = sorted(probes, key=lambda p: p.rate)
+    if len(ordered) >= 2:
+        a, b = sorted(ordered, key=lambda p: abs(p.attainment - target))[:2]
+        if a.rate != b.rate and a.attainment != b.attainment:
+            slope = (b.attainment - a.attainment) / (b.rate - a.rate)
+            if slope < 0:  # attainment falls with rate, as it should
+                estimate = a.rate + (target - a.attainment) / slope
+                return min(max(estimate, ordered[0].rate / 2), ordered[-1].rate * 2)
+    edge = ordered[0] if ordered[0].attainment < target else ordered[-1]
+    ratio = max(edge.attainment, 0.0) / target
+    # below target: shrink the rate; above: grow it, but by no more than the margin seen
+    return edge.rate * (ratio if ratio < 1 else min(ratio, 1.5))

@@ -60,11 +60,16 @@ def bootstrap_ratio(
         )
         if r == r
     )
-    estimate = point if point is not None else ratio(pairs)
-    if not ratios:
+    pooled = ratio(pairs)
+    estimate = point if point is not None else pooled
+    if not ratios or not pooled == pooled or pooled <= 0:
         nan = float("nan")
         return Gain(estimate, nan, nan, level, count)
     tail = (1.0 - level) / 2.0
     low = ratios[min(len(ratios) - 1, int(tail * len(ratios)))]
     high = ratios[min(len(ratios) - 1, int((1.0 - tail) * len(ratios)))]
-    return Gain(estimate, low, high, level, count)
+    # The spread comes from the sub-windows; it is centred (multiplicatively) on the point
+    # estimate, which is measured on the whole window and may differ from the pooled
+    # sub-window ratio (capacity of a whole window is not the mean of its pieces).
+    shift = estimate / pooled
+    return Gain(estimate, low * shift, high * shift, level, count)

@@ -54,10 +54,11 @@ class TuneConfig:
     proposer_model: str | None = None
     complexity_penalty: float = 0.0005  # score x (1 - penalty x nodes)
     search_rel_tol: float = 0.03
-    final_rel_tol: float = 0.01
+    search_sims: int = 2  # simulations per candidate during search (capacity estimated)
+    final_rel_tol: float = 0.02
     max_sims: int = 10
     bootstrap_windows: int = 6
-    curve_points: int = 5
+    curve_points: int = 0  # extra grid rates per policy; the bisection probes are always plotted
     shortlist: int = 3
     cma_popsize: int = 6
     structural_per_round: int | None = None  # default: one per worker
@@ -258,24 +259,34 @@ class _SearchState:
     reference_rate: float = 1.0
     rounds: int = 0
 
-    # ---- phase 1: anchors on the training window (exact: they are the bar) ----------
+    # ---- phase 1: anchors on the training window (the bar to beat) --------------
     def run_anchors(self, anchors: Sequence[str]) -> None:
-        plan = EvalPlan(
+        """A coarse pass over every anchor, then an exact one for the best few."""
+        coarse = EvalPlan(
             objective=self.config.objective,
             start_rate=1.0,
-            rel_tol=self.config.final_rel_tol,
-            max_sims=self.config.max_sims + 6,
+            rel_tol=0.25,  # steps of 2x, then one bisection: enough to rank them
+            max_sims=4,
             seed=self.config.seed,
         )
-        futures = {self.evaluator.submit("train", name, plan): name for name in anchors}
         self._emit("anchors", f"scoring {len(anchors)} anchors on the training window")
-        for future in as_completed(futures):
-            name = futures[future]
-            evaluation = future.result()
-            self.evaluations += 1
-            self.anchor_train[name] = evaluation
-            self.train_exact[name] = evaluation
-            self._emit("anchors", f"{name}: {evaluation.score:.4g}")
+        self._run_anchor_jobs({name: coarse for name in anchors})
+        usable = {n: e for n, e in self.anchor_train.items() if e.error is None}
+        top = sorted(usable, key=lambda n: (-usable[n].score, usable[n].p99_ttft_s))[
+            : self.config.shortlist
+        ]
+        self._run_anchor_jobs(
+            {
+                name: EvalPlan(
+                    objective=self.config.objective,
+                    start_rate=usable[name].capacity or 1.0,
+                    rel_tol=self.config.final_rel_tol,
+                    max_sims=self.config.max_sims,
+                    seed=self.config.seed,
+                )
+                for name in top
+            }
+        )
         usable = {n: e for n, e in self.anchor_train.items() if e.error is None}
         if not usable:
             errors = "; ".join(f"{n}: {e.error}" for n, e in self.anchor_train.items())
@@ -290,6 +301,16 @@ class _SearchState:
         ]
         seeds.append(candidate_from_document({"score": LINEAR_SEED}, origin="seed:linear"))
         self._evaluate_batch(seeds)
+
+    def _run_anchor_jobs(self, plans: dict[str, EvalPlan]) -> None:
+        futures = {self.evaluator.submit("train", name, plan): name for name, plan in plans.items()}
+        for future in as_completed(futures):
+            name = futures[future]
+            evaluation = future.result()
+            self.evaluations += 1
+            self.anchor_train[name] = evaluation
+            self.train_exact[name] = evaluation
+            self._emit("anchors", f"{name}: {evaluation.score:.4g}")
 
     # ---- phase 2: rounds of search until the budget is spent ----------------------
     def run_search(self, deadline: float) -> None:
@@ -343,7 +364,7 @@ class _SearchState:
             objective=self.config.objective,
             start_rate=rate,
             rel_tol=self.config.search_rel_tol,
-            max_sims=self.config.max_sims,
+            max_sims=self.config.search_sims,
             reject_below=0.85 * rate,
             seed=self.config.seed,
         )
@@ -403,7 +424,7 @@ class _SearchState:
             objective=self.config.objective,
             start_rate=self.reference_rate,
             rel_tol=self.config.final_rel_tol,
-            max_sims=self.config.max_sims + 6,
+            max_sims=self.config.max_sims,
             seed=self.config.seed,
         )
         futures = {self.evaluator.submit("train", s.candidate.document(), plan): s for s in ranked}
@@ -462,22 +483,24 @@ class _SearchState:
         policies: dict[str, Any] = {TuneResult.WINNER: winner_doc}
         policies.update({name: name for name in anchors})
         reference = max((e.capacity for e in self.anchor_train.values() if e.capacity), default=1.0)
-        full_plan = EvalPlan(
-            objective=self.config.objective,
-            start_rate=reference,
-            rel_tol=self.config.final_rel_tol,
-            max_sims=self.config.max_sims + 6,
-            seed=self.config.seed,
-        )
-        piece_plan = EvalPlan(
-            objective=self.config.objective,
-            start_rate=reference,
-            rel_tol=self.config.search_rel_tol,
-            max_sims=self.config.max_sims,
-            seed=self.config.seed,
-        )
         jobs: dict[Future, tuple[str, str]] = {}
         for label, spec in policies.items():
+            known = self.train_exact.get(label) or self.anchor_train.get(label)
+            start = known.capacity if known is not None and known.capacity else reference
+            full_plan = EvalPlan(
+                objective=self.config.objective,
+                start_rate=start,
+                rel_tol=self.config.final_rel_tol,
+                max_sims=self.config.max_sims,
+                seed=self.config.seed,
+            )
+            piece_plan = EvalPlan(
+                objective=self.config.objective,
+                start_rate=start,
+                rel_tol=self.config.search_rel_tol,
+                max_sims=self.config.max_sims,
+                seed=self.config.seed,
+            )
             jobs[self.evaluator.submit("validate", spec, full_plan)] = (label, "validate")
             for k in range(pieces):
                 jobs[self.evaluator.submit(f"validate#{k}", spec, piece_plan)] = (
