@@ -16,7 +16,10 @@ from selfserve.cli.common import UserError, console
 # Order is the order `selfserve --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "selfserve.cli.calibrate",
+    "selfserve.cli.profile",
     "selfserve.cli.plan",
+    "selfserve.cli.simulate",
+    "selfserve.cli.capacity",
     "selfserve.cli.serve",
     "selfserve.cli.twin",
     "selfserve.cli.bench",
