@@ -150,6 +150,19 @@ def run(args: argparse.Namespace) -> int:
     with progress(transient=True) as bar:
         task = bar.add_task("search", total=budget_s, status="")
 
+        plain = {"phase": "", "best": None, "at": 0.0}
+
+        def log_plainly(event: dict, status: str) -> None:
+            # Without a terminal the bar is hidden: log phase changes, new bests and a
+            # heartbeat every 30 s, so a long run in CI or under nohup shows progress.
+            best = event.get("best_score")
+            now = time.monotonic()
+            if event["phase"] != plain["phase"] or best != plain["best"] or now - plain["at"] > 30:
+                err_console.print(
+                    f"[{event['elapsed_s']:7.1f}s] {event['phase']}: {event['message']} · {status}"
+                )
+                plain.update(phase=event["phase"], best=best, at=now)
+
         def on_event(event: dict) -> None:
             best = event.get("best_score")
             anchor = event.get("best_anchor_score")
@@ -159,6 +172,8 @@ def run(args: argparse.Namespace) -> int:
             if anchor is not None:
                 status += f" · anchor {event['best_anchor']} {anchor:.4g}"
             phase = event["phase"]
+            if not err_console.is_terminal:
+                log_plainly(event, status)
             bar.update(
                 task,
                 description=phase,

@@ -37,6 +37,13 @@ LINEAR_SEED = (
     " + 0.001 * max(total_prompt_tokens - prefix_hit_tokens, 0)"
 )
 
+# A seed shaped like an estimate of this request's wait: prefill work queued ahead of it
+# plus its own uncached prompt, plus a charge for the decode load it will share.
+WORK_SEED = (
+    "queued_prefill_tokens + max(total_prompt_tokens - prefix_hit_tokens, 0)"
+    " + 0.05 * running_decode_tokens"
+)
+
 
 class TuneError(ValueError):
     """Options the tuner cannot work with (unknown anchor, bad objective, …)."""
@@ -300,6 +307,7 @@ class _SearchState:
             for n in EXPRESSION_ANCHORS
         ]
         seeds.append(candidate_from_document({"score": LINEAR_SEED}, origin="seed:linear"))
+        seeds.append(candidate_from_document({"score": WORK_SEED}, origin="seed:work"))
         self._evaluate_batch(seeds)
 
     def _run_anchor_jobs(self, plans: dict[str, EvalPlan]) -> None:
