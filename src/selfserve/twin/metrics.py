@@ -10,11 +10,12 @@ twin: no process-global collectors, so several twins can live in one test proces
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from bisect import bisect_left
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
 
 TTFT_BUCKETS_S = (
@@ -55,6 +56,51 @@ def _buckets_1_2_5(max_value: int) -> list[float]:
                 return out
             out.append(float(value))
         exponent += 1
+
+
+class TokenHistogram:
+    """A histogram for per-token observations: a bisect and two adds, no lock.
+
+    prometheus-client's Histogram takes a lock and walks every bucket per observation;
+    at thousands of tokens per second that is a visible share of the twin's one core.
+    The twin observes from its single event-loop thread, so no lock is needed.
+    """
+
+    __slots__ = ("name", "documentation", "bounds", "counts", "total")
+
+    def __init__(self, name: str, documentation: str, bounds: Sequence[float]) -> None:
+        self.name = name
+        self.documentation = documentation
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect_left(self.bounds, value)] += 1
+        self.total += value
+
+    def family(self, labels: list[str]) -> HistogramMetricFamily:
+        family = HistogramMetricFamily(
+            self.name, self.documentation, labels=["model_name", "engine"]
+        )
+        cumulative, buckets = 0, []
+        for bound, count in zip(self.bounds, self.counts, strict=False):
+            cumulative += count
+            buckets.append((repr(float(bound)), cumulative))
+        cumulative += self.counts[-1]
+        buckets.append(("+Inf", cumulative))
+        family.add_metric(labels, buckets, self.total)
+        return family
+
+
+class _TokenHistogramCollector(Collector):
+    def __init__(self, labels: list[str], histograms: Sequence[TokenHistogram]) -> None:
+        self._labels = labels
+        self._histograms = histograms
+
+    def collect(self) -> Iterator:
+        for histogram in self._histograms:
+            yield histogram.family(self._labels)
 
 
 class _EngineCollector(Collector):
@@ -155,17 +201,18 @@ class TwinMetrics:
             "Histogram of time to first token in seconds.",
             TTFT_BUCKETS_S,
         )
-        self.itl = histogram(
+        self.itl = TokenHistogram(
             "vllm:inter_token_latency_seconds",
             "Histogram of inter-token latency in seconds.",
             ITL_BUCKETS_S,
         )
         # The pre-0.11 name, still scraped by many dashboards and routers.
-        self.tpot_legacy = histogram(
+        self.tpot_legacy = TokenHistogram(
             "vllm:time_per_output_token_seconds",
             "Histogram of time per output token in seconds.",
             ITL_BUCKETS_S,
         )
+        self.registry.register(_TokenHistogramCollector(values, (self.itl, self.tpot_legacy)))
         self.request_tpot = histogram(
             "vllm:request_time_per_output_token_seconds",
             "Histogram of time_per_output_token_seconds per request.",
