@@ -126,3 +126,15 @@ def test_bad_profile_lines_name_line_and_field(tmp_path):
 def test_percentile_interpolates_like_numpy():
     assert percentile([1, 2, 3, 4, 5], 90) == pytest.approx(4.6)
     assert percentile([7], 90) == 7
+
+
+def test_shipped_calibration_is_what_calibrate_fits_on_the_shipped_profile():
+    """The shipped factors are reproducible from the profile, not hand-tuned."""
+    records = read_profile(PROFILE)
+    cal, _ = fit_calibration(
+        records, get_model("llama-3.1-8b"), get_accelerator("h200"), source=PROFILE.name
+    )
+    shipped = shipped_calibration("h200")
+    for name in ("gemm_efficiency", "weight_bw_efficiency", "kv_bw_efficiency", "attn_unit_bw_fraction",
+                 "attn_causal_efficiency", "attn_cached_efficiency", "idle_power_w", "kv_power_fraction"):  # fmt: skip
+        assert getattr(cal, name) == pytest.approx(getattr(shipped, name), rel=1e-3), name

@@ -147,3 +147,12 @@ def test_unknown_model_or_card_lists_valid_names():
         PerfModel.create("gpt-5", "h200")
     with pytest.raises(UnknownNameError, match="mi300x"):
         PerfModel.create("llama-3.1-8b", "tpu-v5")
+
+
+def test_kv_heads_are_replicated_when_tp_exceeds_them():
+    # qwen3-30b-a3b has 4 KV heads: at TP=8 each GPU keeps one, so a token costs twice the bytes.
+    tp4 = PerfModel.create("qwen3-30b-a3b", "h100", tp=4)
+    tp8 = PerfModel.create("qwen3-30b-a3b", "h100", tp=8)
+    unsharded = get_model("qwen3-30b-a3b").kv_bytes_per_token()
+    assert tp4.kv_bytes_per_token == unsharded
+    assert tp8.kv_bytes_per_token == 2 * unsharded
