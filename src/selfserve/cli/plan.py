@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--trace",
         action="append",
         required=True,
-        help="trace file (any format selfserve reads); repeat to mix several traces",
+        help="trace file or folder (any format selfserve reads) or embedded:NAME; repeat to mix",
     )
     parser.add_argument("--format", help="trace format (default: detected from content)")
     parser.add_argument("--model", required=True, help="catalog model name, e.g. llama-3.1-70b")
@@ -92,20 +92,16 @@ def _tps(text: str) -> list[int]:
 
 
 def _load(paths: list[str], fmt: str | None):
-    from selfserve.workload.io import load_workload
+    """Load every `--trace` (a path or embedded:NAME) and mix them into one workload."""
+    from selfserve.cli.analyze import load_trace
 
-    workloads = []
-    for path in paths:
-        try:
-            workloads.append(load_workload(path, fmt))
-        except FileNotFoundError:
-            raise UserError(f"--trace {path}: no such file") from None
-        except ValueError as exc:
-            raise UserError(f"--trace {path}: {exc}") from None
+    workloads = [load_trace(path, fmt, False, {}) for path in paths]
     workload = workloads[0]
     if len(workloads) > 1:
-        from selfserve.workload.transforms import mix
-
+        try:
+            from selfserve.workload.transforms import mix
+        except ImportError:
+            raise UserError("mixing several --trace needs selfserve.workload.transforms") from None
         for other in workloads[1:]:
             workload = mix(workload, other)
     if not workload.requests:
@@ -145,7 +141,8 @@ def handle(args: argparse.Namespace) -> int:
     from selfserve.plan.report import (
         plan_json,
         summary_lines,
-        terminal_rows,
+        terminal_notes,
+        terminal_tables,
         write_html,
     )
 
@@ -188,17 +185,17 @@ def handle(args: argparse.Namespace) -> int:
             )
         except NoFitError as exc:
             raise UserError(str(exc)) from None
-    headers, rows, notes = terminal_rows(result)
-    table = Table(title=f"plan: {args.model}, SLO {args.slo}, {args.price_basis} prices")
-    for header in headers:
-        if header == "option":
-            table.add_column(header, no_wrap=True)
-        else:
-            table.add_column(header, justify="right")
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
-    for note in notes:
+    for title, headers, rows in terminal_tables(result):
+        table = Table(title=title)
+        for header in headers:
+            if header == "option":
+                table.add_column(header, no_wrap=True)
+            else:
+                table.add_column(header, justify="right")
+        for row in rows:
+            table.add_row(*row)
+        console.print(table)
+    for note in terminal_notes(result):
         console.print(f"  {note}", highlight=False)
     for line in summary_lines(result):
         console.print(line)

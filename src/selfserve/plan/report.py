@@ -88,20 +88,34 @@ def option_row(plan: OptionPlan, growth: float) -> list[str]:
     ]
 
 
-TERMINAL_COLUMNS: tuple[str, ...] = OPTION_HEADERS[:10]
+FLEET_COLUMNS: tuple[int, ...] = (0, 1, 2, 8, 9)  # option, replicas, GPUs, attain, headroom
+COST_COLUMNS: tuple[int, ...] = (0, 3, 4, 5, 6, 7)  # option, $/h, $/M out/total, tok/MWh, J/tok
 
 
-def terminal_rows(result: PlanResult) -> tuple[list[str], list[list[str]], list[str]]:
-    """(headers, rows, footnotes) for a terminal-width table: prices and reasons go below."""
-    headers = list(TERMINAL_COLUMNS)
+def terminal_tables(result: PlanResult) -> list[tuple[str, list[str], list[list[str]]]]:
+    """Two narrow (title, headers, rows) tables that fit an 80-column terminal.
+
+    Options that do not fit are left out here (they are listed in the notes).
+    """
+    fitting = [option_row(p, result.growth) for p in result.options if p.fit.fits]
+    fleet_headers = [OPTION_HEADERS[i] for i in FLEET_COLUMNS]
+    fleet_rows = [[row[i] for i in FLEET_COLUMNS] for row in fitting]
     if result.growth != 1.0:
-        headers += [f"GPUs ×{result.growth:g}", f"$/h ×{result.growth:g}"]
-    rows = []
-    for plan in result.options:
-        if not plan.fit.fits:
-            continue
-        full = option_row(plan, result.growth)
-        rows.append(full[: len(TERMINAL_COLUMNS)] + (full[10:12] if result.growth != 1.0 else []))
+        fleet_headers += [f"GPUs ×{result.growth:g}", f"$/h ×{result.growth:g}"]
+        fleet_rows = [r + row[10:12] for r, row in zip(fleet_rows, fitting, strict=True)]
+    cost_rows = [[row[i] for i in COST_COLUMNS] for row in fitting]
+    return [
+        ("fleets meeting the SLO (≥ 90% attainment)", fleet_headers, fleet_rows),
+        (
+            f"cost and energy ({result.price_basis} prices)",
+            [OPTION_HEADERS[i] for i in COST_COLUMNS],
+            cost_rows,
+        ),
+    ]
+
+
+def terminal_notes(result: PlanResult) -> list[str]:
+    """Each card's price with basis, date and source, then every option's reason."""
     notes = []
     for card in dict.fromkeys(plan.option.hardware for plan in result.options if plan.fit.fits):
         plan = next(p for p in result.options if p.option.hardware == card)
@@ -112,7 +126,7 @@ def terminal_rows(result: PlanResult) -> tuple[list[str], list[list[str]], list[
     for plan in result.options:
         if plan.reason:
             notes.append(f"{plan.option.label}: {plan.reason}")
-    return headers, rows, notes
+    return notes
 
 
 def summary_lines(result: PlanResult) -> list[str]:
