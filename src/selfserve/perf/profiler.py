@@ -241,7 +241,9 @@ def run_profile(
             median_ms, min_ms, joules = timer.measure(
                 fn, max(3, reps if point.new_tokens < 16384 else reps // 4)
             )
-        del fn
+        del fn  # frees this point's KV caches (and CUDA graph pool) before the next one
+        if device.startswith("cuda"):
+            torch.cuda.empty_cache()
         yield ProfileRecord(
             kind=point.kind, batch=point.batch, new_tokens=point.new_tokens or 1, prefix=point.prefix,
             context=point.context, ms_median=round(median_ms, 4), ms_min=round(min_ms, 4),
