@@ -29,6 +29,7 @@ from selfserve.policy.router import Router
 from selfserve.policy.snapshot import ReplicaInfo
 
 log = logging.getLogger("selfserve.gateway")
+LOG_FLUSH_INTERVAL_S = 0.5
 
 
 def _bearer(request: web.Request) -> str:
@@ -70,6 +71,7 @@ class Gateway:
         )
         self.app = self._build_app()
         self._runner: web.AppRunner | None = None
+        self._flusher: asyncio.Task | None = None
         self.port = config.port
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -109,8 +111,17 @@ class Gateway:
         server = site._server  # aiohttp exposes the bound socket only here
         if server is not None and server.sockets:
             self.port = server.sockets[0].getsockname()[1]
+        if self.recorder.enabled:
+            self._flusher = asyncio.create_task(self._flush_log(), name="log-flush")
         log.info("gateway listening on http://%s:%d", self.config.host, self.port)
         return self.port
+
+    async def _flush_log(self) -> None:
+        # the writer buffers (one syscall per batch, not per request); flushing twice a
+        # second keeps the log readable by `selfserve tune` while the gateway runs
+        while True:
+            await asyncio.sleep(LOG_FLUSH_INTERVAL_S)
+            self.recorder.flush()
 
     async def stop(self) -> None:
         """Drain: refuse new requests, wait for in-flight ones (bounded), then close."""
@@ -122,6 +133,9 @@ class Gateway:
             await self._runner.cleanup()
             self._runner = None
         await self.pool.close()
+        if self._flusher is not None:
+            self._flusher.cancel()
+            self._flusher = None
         self.recorder.close()
 
     def _health_changed(self, index: int, is_up: bool) -> None:

@@ -130,6 +130,10 @@ class RequestRecorder:
         self._writer.write(record)
         self.num_written += 1
 
+    def flush(self) -> None:
+        if self._writer is not None:
+            self._writer.flush()
+
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
