@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "selfserve.cli.simulate",
     "selfserve.cli.capacity",
     "selfserve.cli.serve",
+    "selfserve.cli.demo",
     "selfserve.cli.twin",
     "selfserve.cli.bench",
     "selfserve.cli.tune",
