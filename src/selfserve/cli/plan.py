@@ -48,8 +48,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--price", help="override $/GPU-hour per card, e.g. gb300=6.0,h100=2.2")
     parser.add_argument(
         "--policy",
-        default="llm-d",
-        help="routing policy: anchor name or policy file (default llm-d)",
+        default=None,
+        help="routing policy: anchor name or policy file (default lmetric, the anchor that "
+        "sized fleets smallest in our runs)",
     )
     parser.add_argument(
         "--growth",
@@ -135,7 +136,7 @@ def _validate(args: argparse.Namespace) -> tuple[list[str], list[int], list[str]
 
 
 def handle(args: argparse.Namespace) -> int:
-    from selfserve.plan.fleet_plan import plan_fleet
+    from selfserve.plan.fleet_plan import DEFAULT_POLICY, plan_fleet
     from selfserve.plan.options import NoFitError
     from selfserve.plan.prices import PriceError, parse_price_overrides
     from selfserve.plan.report import (
@@ -171,7 +172,7 @@ def handle(args: argparse.Namespace) -> int:
                 tps=tps,
                 dtypes=dtypes,
                 slo=args.slo,
-                policy=args.policy,
+                policy=args.policy or DEFAULT_POLICY,
                 price_basis=args.price_basis,
                 price_overrides=overrides,
                 growth=args.growth,

@@ -182,6 +182,29 @@ def _measurement_json(m) -> dict[str, Any] | None:
     }
 
 
+def _costs_by_basis(plan: OptionPlan) -> dict[str, Any]:
+    """The same fleet priced on every basis the catalog has a figure for (sizing is
+    price-independent, so this needs no new simulation)."""
+    from selfserve.plan.prices import PRICE_BASES, price_for
+
+    costs: dict[str, Any] = {}
+    if plan.at_rate is None:
+        return costs
+    for basis in PRICE_BASES:
+        price, _ = price_for(plan.option.hardware, basis)
+        if price is None:
+            continue
+        econ = plan.at_rate.economics(price.usd_per_gpu_hour)
+        costs[basis] = {
+            "usd_per_gpu_hour": price.usd_per_gpu_hour,
+            "date": price.date,
+            "usd_per_hour": econ.usd_per_hour,
+            "usd_per_million_output_tokens": econ.usd_per_million_output_tokens,
+            "usd_per_million_total_tokens": econ.usd_per_million_total_tokens,
+        }
+    return costs
+
+
 def option_json(plan: OptionPlan) -> dict[str, Any]:
     econ = None
     if plan.at_rate is not None:
@@ -226,6 +249,7 @@ def option_json(plan: OptionPlan) -> dict[str, Any]:
         "headroom_capped": plan.headroom.capped if plan.headroom else None,
         "at_growth": _measurement_json(plan.at_growth),
         "usd_per_hour_at_growth": plan.usd_per_hour_at_growth,
+        "costs_by_basis": _costs_by_basis(plan),
         "curve": [_measurement_json(m) for m in plan.curve],
     }
 
