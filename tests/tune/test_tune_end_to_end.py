@@ -63,11 +63,13 @@ def test_winner_is_never_worse_than_the_best_anchor_on_training(windows):
         bootstrap_windows=2,
         shortlist=2,
         max_sims=8,
+        search_fraction=0.5,  # search on half; the bar is re-scored on the whole window
     )
     result = tune(train, validate, ClusterSpec.parse(CLUSTER), slo, config)
     best_anchor = result.train[result.best_anchor]
     assert result.best_anchor == "lmetric"
     assert result.train[TuneResult.WINNER].score >= best_anchor.score
+    assert set(result.search_scores) == {"least-request", "lmetric"}
     assert result.validated and set(result.gains) == {"least-request", "lmetric"}
     for gain in result.gains.values():
         assert gain.low <= gain.ratio <= gain.high

@@ -88,6 +88,12 @@ def register(subparsers) -> None:
         default=0,
         help="extra grid rates per policy for the attainment plot (bisection probes are always plotted)",
     )
+    parser.add_argument(
+        "--search-window",
+        default="100%",
+        help="search on the last N%% of the training window (cheaper); the shortlist and the "
+        "best anchor are re-scored on the whole window (default 100%%)",
+    )
     parser.add_argument("--out", required=True, help="policy file to write (YAML)")
     parser.add_argument("--json", help="write the full result as JSON")
     parser.add_argument("--html", help="write an HTML report")
@@ -129,6 +135,15 @@ def run(args: argparse.Namespace) -> int:
         if args.anchors == "all"
         else tuple(a.strip() for a in args.anchors.split(",") if a.strip())
     )
+    fraction_text = str(args.search_window).strip().rstrip("%")
+    try:
+        search_fraction = float(fraction_text) / 100.0
+    except ValueError:
+        raise UserError(
+            f"--search-window {args.search_window!r}: expected a percentage such as 40%"
+        ) from None
+    if not 0.0 < search_fraction <= 1.0:
+        raise UserError(f"--search-window {args.search_window!r}: must be in (0%, 100%]")
     config = TuneConfig(
         budget_s=budget_s,
         seed=args.seed,
@@ -141,6 +156,7 @@ def run(args: argparse.Namespace) -> int:
         complexity_penalty=args.complexity_penalty,
         bootstrap_windows=args.bootstrap_windows,
         curve_points=args.curve_points,
+        search_fraction=search_fraction,
     )
     console.print(
         f"tuning on {len(train)} requests ({args.train}), validating on {len(validate)} ({args.validate}); "

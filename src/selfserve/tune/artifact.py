@@ -49,7 +49,7 @@ def policy_document(
 ) -> dict[str, Any]:
     """The policy file's content: `result.winner_doc` plus `evidence`."""
     config = result.config
-    anchors = [name for name in result.train if name != TuneResult.WINNER]
+    anchors = result.anchors or [name for name in result.train if name != TuneResult.WINNER]
     evidence: dict[str, Any] = {
         "created_by": f"selfserve tune {__version__}",
         "trace": trace,
@@ -74,7 +74,15 @@ def policy_document(
             "learned": evaluation_record(result.train[TuneResult.WINNER])
             if TuneResult.WINNER in result.train
             else None,
-            "anchors": {name: evaluation_record(result.train[name]) for name in anchors},
+            "anchors": {
+                name: evaluation_record(result.train[name])
+                for name in anchors
+                if name in result.train
+            },
+            "search_window_fraction": config.search_fraction,
+            "anchors_on_search_window": {
+                name: evaluation_record(e) for name, e in result.search_scores.items()
+            },
         },
         "validation": {
             "validated": result.validated,

@@ -22,9 +22,9 @@ TABLE_HEADERS = (
 
 def validation_rows(result: TuneResult) -> list[dict[str, Any]]:
     """One row per policy (learned first, then anchors by validation score)."""
+    names = result.anchors or [n for n in result.train if n != TuneResult.WINNER]
     labels = [TuneResult.WINNER] + sorted(
-        (name for name in result.train if name != TuneResult.WINNER),
-        key=lambda n: -_score(result.validation.get(n) or result.train.get(n)),
+        names, key=lambda n: -_score(result.validation.get(n) or result.train.get(n))
     )
     rows = []
     for label in labels:

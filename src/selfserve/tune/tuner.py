@@ -28,7 +28,7 @@ from selfserve.tune.pool import Evaluator, make_evaluator
 from selfserve.tune.proposer import LLMProposer
 from selfserve.tune.search_space import Candidate, Population, candidate_from_document
 from selfserve.tune.stats import Gain, bootstrap_ratio
-from selfserve.tune.windows import sub_windows
+from selfserve.tune.windows import cut, sub_windows
 
 # A seed no anchor spells out: a linear blend of load, prefill backlog, decode load and
 # expected cache hit, for CMA-ES to weigh.
@@ -68,6 +68,7 @@ class TuneConfig:
     curve_points: int = 0  # extra grid rates per policy; the bisection probes are always plotted
     shortlist: int = 3
     cma_popsize: int = 6
+    search_fraction: float = 1.0  # search on the last fraction of the training window
     structural_per_round: int | None = None  # default: one per worker
 
     def check(self) -> None:
@@ -81,6 +82,8 @@ class TuneConfig:
             )
         if self.budget_s <= 0:
             raise TuneError("budget must be positive")
+        if not 0.0 < self.search_fraction <= 1.0:
+            raise TuneError(f"search fraction must be in (0, 1], got {self.search_fraction}")
         if bool(self.proposer_url) != bool(self.proposer_model):
             raise TuneError("--proposer-url and --proposer-model go together")
 
@@ -121,6 +124,8 @@ class TuneResult:
     validated: bool
     best_anchor: str
     config: TuneConfig
+    anchors: list[str] = field(default_factory=list)
+    search_scores: dict[str, Evaluation] = field(default_factory=dict)  # anchors, search window
     notes: list[str] = field(default_factory=list)
 
     WINNER = "learned"
@@ -156,7 +161,12 @@ def tune(
     rng = random.Random(config.seed)
     anchors = list(config.anchors) or list_anchors()
     pieces = sub_windows(validate, config.bootstrap_windows) if config.bootstrap_windows > 1 else []
-    workloads = {"train": train, "validate": validate}
+    search = train
+    if config.search_fraction < 1.0:
+        # The part of the training window closest to validation; the shortlist and the bar
+        # are still scored on the whole training window.
+        search = cut(train, train.span_s * (1.0 - config.search_fraction), train.span_s + 1e-6)
+    workloads = {"train": train, "search": search, "validate": validate}
     workloads.update({f"validate#{k}": piece for k, piece in enumerate(pieces)})
     owns_evaluator = evaluator is None
     evaluator = evaluator or make_evaluator(
@@ -165,7 +175,12 @@ def tune(
     started = time.monotonic()
     deadline = started + config.budget_s
     state = _SearchState(
-        config=config, evaluator=evaluator, rng=rng, notify=notify, started=started
+        config=config,
+        evaluator=evaluator,
+        rng=rng,
+        notify=notify,
+        started=started,
+        search_is_train=search is train,
     )
     interrupted = False
     try:
@@ -218,6 +233,8 @@ def tune(
         validated=validated,
         best_anchor=state.best_anchor,
         config=config,
+        anchors=list(anchors),
+        search_scores=dict(state.anchor_train),
         notes=state.notes,
     )
 
@@ -265,6 +282,7 @@ class _SearchState:
     best_anchor: str = ""
     reference_rate: float = 1.0
     rounds: int = 0
+    search_is_train: bool = True
 
     # ---- phase 1: anchors on the training window (the bar to beat) --------------
     def run_anchors(self, anchors: Sequence[str]) -> None:
@@ -311,13 +329,16 @@ class _SearchState:
         self._evaluate_batch(seeds)
 
     def _run_anchor_jobs(self, plans: dict[str, EvalPlan]) -> None:
-        futures = {self.evaluator.submit("train", name, plan): name for name, plan in plans.items()}
+        futures = {
+            self.evaluator.submit("search", name, plan): name for name, plan in plans.items()
+        }
         for future in as_completed(futures):
             name = futures[future]
             evaluation = future.result()
             self.evaluations += 1
             self.anchor_train[name] = evaluation
-            self.train_exact[name] = evaluation
+            if self.search_is_train:
+                self.train_exact[name] = evaluation
             self._emit("anchors", f"{name}: {evaluation.score:.4g}")
 
     # ---- phase 2: rounds of search until the budget is spent ----------------------
@@ -388,7 +409,7 @@ class _SearchState:
             if known is not None:
                 results[position] = known
                 continue
-            futures[self.evaluator.submit("train", candidate.document(), plan)] = position
+            futures[self.evaluator.submit("search", candidate.document(), plan)] = position
         for future in as_completed(futures):
             position = futures[future]
             candidate = batch[position]
@@ -436,6 +457,9 @@ class _SearchState:
             seed=self.config.seed,
         )
         futures = {self.evaluator.submit("train", s.candidate.document(), plan): s for s in ranked}
+        anchor_future = None
+        if self.best_anchor not in self.train_exact:
+            anchor_future = self.evaluator.submit("train", self.best_anchor, plan)
         self._emit("final", f"re-scoring the best {len(ranked)} on the full training window")
         exact: list[Scored] = []
         for future in as_completed(futures):
@@ -451,11 +475,14 @@ class _SearchState:
                     ),
                 )
             )
+        if anchor_future is not None:
+            self.train_exact[self.best_anchor] = anchor_future.result()
+            self.evaluations += 1
         exact = [s for s in exact if s.evaluation.error is None]
         if not exact:
             return self._anchor_result()
         top = max(exact, key=_rank_key)
-        anchor = self.anchor_train[self.best_anchor]
+        anchor = self.train_exact[self.best_anchor]
         if top.penalised <= anchor.score:
             self.notes.append(
                 f"no candidate beat the best anchor {self.best_anchor!r} on the training window "
@@ -481,7 +508,9 @@ class _SearchState:
     def _anchor_result(self) -> tuple[dict[str, Any], str, bool]:
         name = self.best_anchor
         if name in self.anchor_train:
-            self.train_exact[TuneResult.WINNER] = self.anchor_train[name]
+            self.train_exact[TuneResult.WINNER] = (
+                self.train_exact.get(name) or self.anchor_train[name]
+            )
         return {"kind": "anchor", "name": name}, f"anchor {name}", True
 
     # ---- phase 4: validation on the later window -------------------------------
