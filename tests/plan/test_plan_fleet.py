@@ -155,3 +155,16 @@ def test_cli_plan_rejects_bad_options_with_the_key(tmp_path, capsys):
     )
     assert code == 2
     assert "fits no option" in capsys.readouterr().out
+
+
+def test_parallel_workers_give_the_same_plan_as_one_process():
+    kwargs = dict(
+        hardware=["h100", "mi300x"], tps=[1], slo="ttft=0.3s,tpot=25ms", policy="least-loaded"
+    )
+    workload = chat_workload(120, rate_per_s=40.0)
+    one = plan_fleet(workload, "llama-3.1-8b", jobs=1, sweep=False, **kwargs)
+    two = plan_fleet(workload, "llama-3.1-8b", jobs=2, sweep=False, **kwargs)
+    assert [p.replicas for p in one.options] == [p.replicas for p in two.options]
+    assert [p.at_rate.attainment for p in one.options] == [
+        p.at_rate.attainment for p in two.options
+    ]
