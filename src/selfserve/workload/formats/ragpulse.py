@@ -157,7 +157,9 @@ def _request(
     try:
         arrival_s = float(stamp)  # a string of integer seconds in the release
     except (TypeError, ValueError):
-        raise ctx.error(line_no, "timestamp", "seconds as a number or numeric string", stamp)
+        raise ctx.error(
+            line_no, "timestamp", "seconds as a number or numeric string", stamp
+        ) from None
     if arrival_s < 0:
         raise ctx.error(line_no, "timestamp", "seconds >= 0", stamp)
     prompt = require_int(record, "input_length", ctx, line_no)

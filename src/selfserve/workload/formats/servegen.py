@@ -153,7 +153,9 @@ def _parse_pmf(file: Path, window: str, name: str, text: object) -> Pmf:
     try:
         table = ast.literal_eval(text) if isinstance(text, str) else text
     except (ValueError, SyntaxError):
-        raise TraceFormatError(file, None, where, "a {value: probability} dict literal", text)
+        raise TraceFormatError(
+            file, None, where, "a {value: probability} dict literal", text
+        ) from None
     if not isinstance(table, dict) or not table:
         raise TraceFormatError(file, None, where, "a non-empty {value: probability} dict", text)
     values = np.array([int(v) for v in table], dtype=np.int64)
