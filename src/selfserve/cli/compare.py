@@ -55,6 +55,7 @@ class Job:
     target: float
     max_requests: int | None
     compress: float = 1.0
+    tol: float = 0.05
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -89,6 +90,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=float,
         default=8.0,
         help="largest multiplier the capacity search tries",
+    )
+    parser.add_argument(
+        "--tol", type=float, default=0.05, help="relative precision of the capacity search"
     )
     parser.add_argument(
         "--target", type=float, default=0.9, help="SLO attainment that counts as meeting it"
@@ -171,6 +175,8 @@ def _validate(args: argparse.Namespace, specs: list[str]) -> None:
         raise UserError(f"--capacity-hi must be > 0, got {args.capacity_hi}")
     if not 0 < args.compress < math.inf:
         raise UserError(f"--compress must be a finite number > 0, got {args.compress}")
+    if not 0 < args.tol < 1:
+        raise UserError(f"--tol must be in (0, 1), got {args.tol}")
     if not 0 < args.target <= 1:
         raise UserError(f"--target must be in (0, 1], got {args.target}")
     if args.max_requests is not None and args.max_requests < 1:
@@ -206,7 +212,7 @@ def run_job(job: Job) -> dict[str, Any]:
         c = job.compress
         result = capacity(
             workload, cluster, job.policy, slo, seed=job.seed, lo=c / 64, hi=job.capacity_hi * c,
-            target=job.target, mode=job.mode,
+            tol=job.tol, target=job.target, mode=job.mode,
         )  # fmt: skip
         curve = [(float(m) / c, float(a)) for m, a in _curve_points(result.attainment_curve)]
         return {
@@ -274,7 +280,7 @@ def run(args: argparse.Namespace) -> int:
     workload = _workload(args.trace, args.trace_format, args.max_requests)
     jobs = [
         Job(p, args.trace, args.trace_format, args.cluster, args.slo, args.seed, args.mode, s,
-            args.capacity_hi, args.target, args.max_requests, args.compress)
+            args.capacity_hi, args.target, args.max_requests, args.compress, args.tol)
         for p in specs
         for s in ([*scales] + ([] if args.no_capacity else [None]))
     ]  # fmt: skip
