@@ -1,0 +1,290 @@
+"""Gateway overhead: selfserve's gateway vs LiteLLM's proxy vs the SGLang router.
+
+All proxies sit in front of the same two selfserve twins (time-scaled 1000x, so engine time
+is negligible) and are driven by the same load generator in a separate process
+(`gateway_loadgen.py`): short streaming chat requests (4 output tokens).
+
+- max sustained rate: closed loop with 32 concurrent clients for a few seconds;
+- added latency: open loop at 200 requests/s, end-to-end p50/p99 minus the same figure
+  with the client talking to the twins directly (round-robin in the client).
+
+LiteLLM (`litellm[proxy]`) and the SGLang router (`sglang-router`) are not project
+dependencies: install each in a throwaway venv and point `SELFSERVE_BENCH_LITELLM` /
+`SELFSERVE_BENCH_SGLANG_ROUTER` at its executable (or put it on PATH). A proxy that is
+absent or fails to start gives a row saying so instead of a number.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from contextlib import contextmanager
+from pathlib import Path
+
+import orjson
+import yaml
+
+HERE = Path(__file__).resolve().parent
+MODEL = "llama-3.1-8b"
+CLOSED_CONCURRENCY = 32
+OPEN_RATE = 200.0
+DURATION_S = float(os.environ.get("SELFSERVE_BENCH_GATEWAY_SECONDS", "5"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout_s: float, process: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status < 500:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} not ready within {timeout_s:g} s")
+
+
+@contextmanager
+def _process(
+    command: list[str], ready_url: str, *, timeout_s: float = 60.0, env: dict | None = None
+):
+    log = tempfile.NamedTemporaryFile(prefix="bench-proxy-", suffix=".log", delete=False)  # noqa: SIM115
+    process = subprocess.Popen(
+        command, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})}
+    )
+    try:
+        try:
+            _wait_http(ready_url, timeout_s, process)
+        except RuntimeError as exc:
+            raise RuntimeError(
+                f"{Path(command[0]).name}: {exc}; log {log.name}: {Path(log.name).read_text()[-400:]}"
+            ) from exc
+        yield
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=5)
+        log.close()
+
+
+def _load(urls: list[str], mode: str) -> dict:
+    command = [
+        sys.executable,
+        str(HERE / "gateway_loadgen.py"),
+        "--urls",
+        ",".join(urls),
+        "--mode",
+        mode,
+        "--model",
+        MODEL,
+        "--duration-s",
+        str(DURATION_S),
+        "--concurrency",
+        str(CLOSED_CONCURRENCY),
+        "--rate",
+        str(OPEN_RATE),
+    ]
+    out = subprocess.run(command, capture_output=True, timeout=DURATION_S * 6 + 60, check=True)
+    return orjson.loads(out.stdout.splitlines()[-1])
+
+
+def _selfserve(twin_urls: list[str]):
+    port = _free_port()
+    folder = Path(tempfile.mkdtemp(prefix="bench-selfserve-"))
+    config = {
+        "listen": {"host": "127.0.0.1", "port": port},
+        "backends": [
+            {"name": f"twin{i}", "url": u, "models": [MODEL]} for i, u in enumerate(twin_urls)
+        ],
+        "policy": "round-robin",
+        "log": {"path": str(folder / "requests.jsonl")},  # the real deployment records
+    }
+    (folder / "gateway.yaml").write_text(yaml.safe_dump(config))
+    command = [
+        sys.executable,
+        "-m",
+        "selfserve.cli.main",
+        "serve",
+        "--config",
+        str(folder / "gateway.yaml"),
+    ]
+    return f"http://127.0.0.1:{port}", _process(command, f"http://127.0.0.1:{port}/health")
+
+
+def _litellm(twin_urls: list[str]):
+    exe = os.environ.get("SELFSERVE_BENCH_LITELLM") or shutil.which("litellm")
+    if not exe or not Path(exe).exists():
+        return (
+            None,
+            "not installed (set SELFSERVE_BENCH_LITELLM to a `litellm` from `pip install 'litellm[proxy]'`)",
+        )
+    port = _free_port()
+    folder = Path(tempfile.mkdtemp(prefix="bench-litellm-"))
+    config = {
+        "model_list": [
+            {
+                "model_name": MODEL,
+                "litellm_params": {
+                    "model": f"openai/{MODEL}",
+                    "api_base": u + "/v1",
+                    "api_key": "none",
+                },
+            }
+            for u in twin_urls
+        ],
+        "router_settings": {"routing_strategy": "simple-shuffle"},
+        "litellm_settings": {"telemetry": False, "drop_params": True},
+    }
+    (folder / "config.yaml").write_text(yaml.safe_dump(config))
+    command = [
+        exe,
+        "--config",
+        str(folder / "config.yaml"),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--num_workers",
+        "1",
+    ]
+    env = {"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "true"}
+    return f"http://127.0.0.1:{port}", _process(
+        command, f"http://127.0.0.1:{port}/health/liveliness", timeout_s=120, env=env
+    )
+
+
+def _sglang_router(twin_urls: list[str]):
+    exe = os.environ.get("SELFSERVE_BENCH_SGLANG_ROUTER") or shutil.which("sglang-router")
+    if not exe or not Path(exe).exists():
+        return (
+            None,
+            "not installed (set SELFSERVE_BENCH_SGLANG_ROUTER to a `sglang-router` from `pip install sglang-router`)",
+        )
+    port = _free_port()
+    command = [
+        exe,
+        "launch",
+        "--worker-urls",
+        *twin_urls,
+        "--policy",
+        "round_robin",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "error",
+        "--prometheus-port",
+        str(_free_port()),
+    ]
+    return f"http://127.0.0.1:{port}", _process(
+        command, f"http://127.0.0.1:{port}/health", timeout_s=60
+    )
+
+
+def _row(
+    name: str, value: float | None, unit: str, target: str = "", ok: bool | None = None
+) -> dict:
+    return {
+        "name": name,
+        "value": value if value is not None else float("nan"),
+        "unit": unit,
+        "target": target,
+        "ok": ok,
+    }
+
+
+def measure() -> dict[str, dict]:
+    """{system: {"closed": loadgen result, "open": loadgen result} or {"error": text}}."""
+    sys.path.insert(0, str(HERE.parent / "src"))
+    from selfserve.twin.launch import spawn_twins
+
+    results: dict[str, dict] = {}
+    with spawn_twins(2, MODEL, "h100", time_scale=1000.0) as twins:
+        urls = [t.url for t in twins]
+        results["direct"] = {"closed": _load(urls, "closed"), "open": _load(urls, "open")}
+        for name, make in (
+            ("selfserve", _selfserve),
+            ("litellm", _litellm),
+            ("sglang-router", _sglang_router),
+        ):
+            url, context = make(urls)
+            if url is None:
+                results[name] = {"error": context}
+                continue
+            try:
+                with context:
+                    results[name] = {"closed": _load([url], "closed"), "open": _load([url], "open")}
+            except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
+                results[name] = {"error": str(exc)[:300]}
+    return results
+
+
+def run() -> list[dict]:
+    results = measure()
+    direct = results["direct"]
+    rows = [
+        _row("direct to twins: sustained rate (32 clients)", direct["closed"]["req_per_s"], "req/s")
+    ]
+    rows.append(
+        _row(f"direct to twins: e2e p99 at {OPEN_RATE:g} req/s", direct["open"]["p99_ms"], "ms")
+    )
+    mine = results.get("selfserve", {})
+    for name in ("selfserve", "litellm", "sglang-router"):
+        result = results.get(name, {})
+        if "error" in result:
+            rows.append(_row(f"{name}: skipped — {result['error']}", None, ""))
+            continue
+        closed, opened = result["closed"], result["open"]
+        rows.append(_row(f"{name}: sustained rate (32 clients)", closed["req_per_s"], "req/s"))
+        rows.append(
+            _row(
+                f"{name}: added e2e p50 at {OPEN_RATE:g} req/s",
+                opened["p50_ms"] - direct["open"]["p50_ms"],
+                "ms",
+            )
+        )
+        added_p99 = opened["p99_ms"] - direct["open"]["p99_ms"]
+        target, ok = "", None
+        if name == "selfserve":
+            target, ok = "< 2 ms", added_p99 < 2.0
+        rows.append(
+            _row(f"{name}: added e2e p99 at {OPEN_RATE:g} req/s", added_p99, "ms", target, ok)
+        )
+        if closed["errors"] or opened["errors"]:
+            rows.append(
+                _row(f"{name}: failed requests", closed["errors"] + opened["errors"], "requests")
+            )
+    if "closed" in mine:
+        for other, factor, target in (
+            ("litellm", 3.0, ">= 3x"),
+            ("sglang-router", 0.5, ">= 0.5x (within 2x)"),
+        ):
+            if "closed" in results.get(other, {}):
+                ratio = mine["closed"]["req_per_s"] / results[other]["closed"]["req_per_s"]
+                rows.append(
+                    _row(f"selfserve / {other} sustained rate", ratio, "x", target, ratio >= factor)
+                )
+    return rows
+
+
+if __name__ == "__main__":
+    for row in run():
+        print(row)

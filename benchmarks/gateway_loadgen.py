@@ -1,0 +1,115 @@
+"""Load generator for bench_gateway: short streaming chat requests, closed or open loop.
+
+Run as a child process so its CPU use is not charged to the proxy under test:
+    python gateway_loadgen.py --urls URL[,URL...] --mode closed --concurrency 32 --duration-s 5
+    python gateway_loadgen.py --urls URL --mode open --rate 200 --duration-s 5
+Prints one JSON line: completed, errors, req_per_s, e2e p50/p99 in ms. Several URLs are used
+round-robin by the client itself (the "direct to the engines" baseline).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import sys
+import time
+
+import aiohttp
+import numpy as np
+import orjson
+
+
+async def one(session: aiohttp.ClientSession, url: str, body: bytes, headers: dict) -> float | None:
+    started = time.perf_counter()
+    try:
+        async with session.post(url, data=body, headers=headers) as response:
+            if response.status != 200:
+                await response.read()
+                return None
+            raw = await response.read()
+            if b"[DONE]" not in raw or b'"error"' in raw:
+                return None
+    except (TimeoutError, aiohttp.ClientError, ConnectionError):
+        return None
+    return time.perf_counter() - started
+
+
+async def main(args: argparse.Namespace) -> dict:
+    urls = [u.rstrip("/") + "/v1/chat/completions" for u in args.urls.split(",")]
+    cycle = itertools.cycle(urls)
+    body = orjson.dumps(
+        {
+            "model": args.model,
+            "messages": [{"role": "user", "content": "Say hi in a few words."}],
+            "max_tokens": args.max_tokens,
+            "stream": True,
+        }
+    )
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench"}
+    latencies: list[float] = []
+    errors = 0
+    connector = aiohttp.TCPConnector(limit=0)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=aiohttp.ClientTimeout(total=30)
+    ) as session:
+        for _ in range(args.warmup):  # open connections, warm the proxy's code paths
+            await one(session, next(cycle), body, headers)
+        deadline = time.perf_counter() + args.duration_s
+        started = time.perf_counter()
+        if args.mode == "closed":
+
+            async def worker() -> None:
+                nonlocal errors
+                while time.perf_counter() < deadline:
+                    latency = await one(session, next(cycle), body, headers)
+                    if latency is None:
+                        errors += 1
+                    else:
+                        latencies.append(latency)
+
+            await asyncio.gather(*(worker() for _ in range(args.concurrency)))
+        else:
+            tasks = []
+            interval_s = 1.0 / args.rate
+            n = int(args.duration_s * args.rate)
+            for i in range(n):
+                delay = started + i * interval_s - time.perf_counter()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(session, next(cycle), body, headers)))
+            for latency in await asyncio.gather(*tasks):
+                if latency is None:
+                    errors += 1
+                else:
+                    latencies.append(latency)
+        elapsed_s = time.perf_counter() - started
+    values = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
+    return {
+        "completed": len(latencies),
+        "errors": errors,
+        "req_per_s": len(latencies) / elapsed_s,
+        "p50_ms": float(np.percentile(values, 50)),
+        "p99_ms": float(np.percentile(values, 99)),
+    }
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--urls", required=True)
+    parser.add_argument("--model", default="llama-3.1-8b")
+    parser.add_argument("--mode", choices=("closed", "open"), default="closed")
+    parser.add_argument("--concurrency", type=int, default=32)
+    parser.add_argument("--rate", type=float, default=200.0)
+    parser.add_argument("--duration-s", type=float, default=5.0)
+    parser.add_argument("--max-tokens", type=int, default=4)
+    parser.add_argument("--warmup", type=int, default=20)
+    try:
+        import uvloop
+
+        runner = asyncio.Runner(loop_factory=uvloop.new_event_loop)
+    except ImportError:
+        runner = asyncio.Runner()
+    with runner:
+        result = runner.run(main(parser.parse_args()))
+    sys.stdout.write(orjson.dumps(result).decode() + "\n")
