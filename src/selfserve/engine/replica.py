@@ -13,14 +13,16 @@ The replica knows nothing of other replicas or of wall clocks: time arrives as a
 
 from __future__ import annotations
 
+import math
+
 from selfserve.engine.config import EngineConfig, EngineConfigError, RequestTooLarge
 from selfserve.engine.outputs import EngineStats, StepOutput
 from selfserve.engine.request import ABORTED, RUNNING, WAITING, EngineRequest
 from selfserve.engine.scheduler import Batch, Scheduler
 from selfserve.engine.stretch import (
-    block_slack,
+    DecodePlan,
+    decode_coefficients,
     new_blocks,
-    steps_starting_before,
     steps_within_kv,
 )
 
@@ -58,7 +60,9 @@ class EngineReplica:
         self.num_steps = 0
         self.busy_s = 0.0
         self.energy_j = 0.0
-        self._stable_decode = False  # last step was a pure-decode step that may repeat
+        self._stable_decode = False  # the next step decodes the running batch unchanged
+        self._plan: DecodePlan | None = None  # a lazy run of such steps (fast mode)
+        self._decode_coeffs: dict[int, tuple[float, float]] = {}
         if hasattr(perf, "step_cost"):
             self._step_cost = _cost_from_step_cost(perf)
         else:
@@ -93,6 +97,7 @@ class EngineReplica:
             req.output_tokens = 1  # vLLM always samples at least one token
         req.prepare(self.config.block_size)
         self.check_fits(req)
+        self.materialize(now_s)
         req.status = WAITING
         sched = self.scheduler
         if not sched.running and not sched.waiting and self.clock_s < now_s:
@@ -103,9 +108,11 @@ class EngineReplica:
 
     def abort(self, request_id: str) -> bool:
         """Drop a request wherever it is; returns False if it is not here."""
-        req = self.requests.pop(request_id, None)
-        if req is None:
+        if request_id not in self.requests:
             return False
+        if self._plan is not None:
+            self.materialize(self._plan.start_s)  # drop the lazy plan; nothing applied
+        req = self.requests.pop(request_id)
         sched = self.scheduler
         if req.status == RUNNING:
             sched.ledger.release(req.held_units, req.plain_blocks)
@@ -125,6 +132,7 @@ class EngineReplica:
     # ---- step mode --------------------------------------------------------------------
     def step(self, now_s: float) -> StepOutput | None:
         """Run one iteration starting at max(now_s, end of the previous one); None if idle."""
+        self.materialize(now_s)
         start_s = max(now_s, self.clock_s)
         result = self._run_step(start_s)
         if result is None:
@@ -165,11 +173,21 @@ class EngineReplica:
 
     # ---- fast mode --------------------------------------------------------------------
     def advance_to(self, t_s: float) -> None:
-        """Run every step that starts before `t_s`, logging events into `self.events`."""
+        """Bring the replica to `t_s`: every step that starts before `t_s` takes effect,
+        except that a decode plan still running at `t_s` stays lazy (see `materialize`).
+        First-token and completion events are appended to `self.events`."""
         sched = self.scheduler
         events = self.events
-        while self.clock_s < t_s and (sched.running or sched.waiting):
-            if self._stable_decode and self._decode_stretch(t_s):
+        while True:
+            plan = self._plan
+            if plan is not None:
+                if plan.last_start_s >= t_s:
+                    return  # inside the plan: nothing observable changes before t_s
+                self._apply_plan(plan.max_steps)
+                continue
+            if self.clock_s >= t_s or not (sched.running or sched.waiting):
+                return
+            if self._stable_decode and self._start_plan():
                 continue
             result = self._run_step(self.clock_s)
             batch, first, _, finished, end_s, _ = result
@@ -178,6 +196,30 @@ class EngineReplica:
             for req in finished:
                 events.append((end_s, FINISHED, req))
             self._stable_decode = self._next_step_is_pure_decode(batch, finished)
+
+    @property
+    def next_change_s(self) -> float:
+        """`advance_to(t)` does work only for t > this (inf when idle)."""
+        if self._plan is not None:
+            return self._plan.last_start_s
+        sched = self.scheduler
+        return self.clock_s if (sched.running or sched.waiting) else math.inf
+
+    def materialize(self, t_s: float) -> None:
+        """Apply the steps of a pending decode plan that start before `t_s`."""
+        plan = self._plan
+        if plan is not None:
+            self._apply_plan(plan.steps_started_before(t_s, self.perf))
+
+    def kv_usage_at(self, t_s: float) -> float:
+        """KV usage after the steps that start before `t_s` (without applying them)."""
+        plan = self._plan
+        ledger = self.scheduler.ledger
+        if plan is None:
+            return ledger.usage
+        steps = plan.steps_started_before(t_s, self.perf)
+        used = plan.used_blocks + new_blocks(plan.slacks, steps, self.config.block_size)
+        return used / ledger.num_blocks
 
     def _next_step_is_pure_decode(self, batch: Batch, finished: list[EngineRequest]) -> bool:
         """Will the next step decode exactly the running batch, admitting nothing?
@@ -208,41 +250,93 @@ class EngineReplica:
                 return False
         return True
 
-    def _decode_stretch(self, t_s: float) -> bool:
-        """Apply a run of identical decode steps starting before `t_s`; False if none."""
+    def _start_plan(self) -> bool:
+        """Plan the decode run from the current state; False if not even one step fits."""
         sched = self.scheduler
         running = sched.running
         block_size = self.config.block_size
-        max_steps = min(r.output_tokens - r.num_emitted_tokens for r in running)
-        slacks = [block_slack(r, block_size) for r in running]
-        max_steps = steps_within_kv(slacks, max_steps, sched.ledger.num_free_blocks, block_size)
+        to_finish = 1 << 62
+        context = 0
+        slacks = []
+        for r in running:
+            left = r.output_tokens - r.num_emitted_tokens
+            if left < to_finish:
+                to_finish = left
+            computed = r.num_computed_tokens
+            context += computed
+            slacks.append(
+                (r.held_blocks - r.units_end_blocks) * block_size - (computed - r.units_end_tokens)
+            )
+        max_steps = steps_within_kv(slacks, to_finish, sched.ledger.num_free_blocks, block_size)
         if max_steps <= 0:
             self._stable_decode = False
             return False
         batch_size = len(running)
-        context = sum(r.num_computed_tokens for r in running) + batch_size
-        perf = self.perf
-        n = steps_starting_before(perf, batch_size, context, t_s - self.clock_s, max_steps)
-        if n <= 0:
-            return False
-        cost = perf.decode_stretch(batch_size, context, n)
-        end_s = self.clock_s + cost.time_s
-        blocks = new_blocks(slacks, n, block_size)
-        sched.ledger.allocate(blocks)
+        context += batch_size
+        coeffs = self._decode_coeffs.get(batch_size)
+        if coeffs is None:
+            coeffs = self._decode_coeffs[batch_size] = decode_coefficients(self.perf, batch_size)
+        alpha, beta = coeffs
+        start_s = self.clock_s
+        if alpha == alpha:  # affine: the perf model's own closed form, summed here
+            q = max_steps - 1
+            last_start_s = start_s + (
+                q * alpha + beta * (q * context + batch_size * (q * (q - 1) // 2))
+            )
+            q = max_steps
+            end_s = start_s + (q * alpha + beta * (q * context + batch_size * (q * (q - 1) // 2)))
+        else:
+            perf = self.perf
+            last_start_s = start_s + perf.decode_stretch(batch_size, context, max_steps - 1).time_s
+            end_s = start_s + perf.decode_stretch(batch_size, context, max_steps).time_s
+        self._plan = DecodePlan(
+            start_s,
+            batch_size,
+            context,
+            max_steps,
+            last_start_s,
+            end_s,
+            slacks,
+            sched.ledger.num_used_blocks,
+            max_steps < to_finish,
+            alpha,
+            beta,
+        )
+        return True
+
+    def _apply_plan(self, steps: int) -> None:
+        """Apply the first `steps` steps of the pending plan, which is then consumed."""
+        plan = self._plan
+        self._plan = None
+        if steps <= 0:
+            return
+        sched = self.scheduler
+        running = sched.running
+        block_size = self.config.block_size
+        if steps == plan.max_steps:
+            cost_time_s = plan.end_s - plan.start_s
+            energy_j = self.perf.decode_stretch(
+                plan.batch_size, plan.context_tokens, steps
+            ).energy_j
+        else:
+            cost = self.perf.decode_stretch(plan.batch_size, plan.context_tokens, steps)
+            cost_time_s, energy_j = cost.time_s, cost.energy_j
+        end_s = plan.start_s + cost_time_s
+        sched.ledger.allocate(new_blocks(plan.slacks, steps, block_size))
         finished: list[EngineRequest] = []
-        for req, slack in zip(running, slacks, strict=True):
-            if n > slack:
-                extra = (n - slack + block_size - 1) // block_size
+        for req, slack in zip(running, plan.slacks, strict=True):
+            if steps > slack:
+                extra = (steps - slack + block_size - 1) // block_size
                 req.plain_blocks += extra
                 req.held_blocks += extra
-            req.num_computed_tokens += n
-            req.num_emitted_tokens += n
+            req.num_computed_tokens += steps
+            req.num_emitted_tokens += steps
             if req.num_emitted_tokens >= req.output_tokens:
                 finished.append(req)
-        sched.generation_tokens += n * batch_size
-        self.num_steps += n
-        self.busy_s += cost.time_s
-        self.energy_j += cost.energy_j
+        sched.generation_tokens += steps * plan.batch_size
+        self.num_steps += steps
+        self.busy_s += cost_time_s
+        self.energy_j += energy_j
         self.clock_s = end_s
         if finished:
             for req in finished:
@@ -252,12 +346,14 @@ class EngineReplica:
             sched.running = [r for r in running if r.status == RUNNING]
             # the rest keep decoding unless a waiting request may now be admitted
             self._stable_decode = bool(sched.running) and not sched.waiting
-        elif n == max_steps:
+        elif steps == plan.max_steps and plan.kv_limited:
             self._stable_decode = False  # the KV cache is full: the next step preempts
-        return True
 
     # ---- metrics ----------------------------------------------------------------------
-    def metrics(self) -> EngineStats:
+    def metrics(self, now_s: float | None = None) -> EngineStats:
+        """Counters and gauges; in fast mode pass `now_s` to apply a pending decode plan."""
+        if now_s is not None:
+            self.materialize(now_s)
         sched = self.scheduler
         ledger = sched.ledger
         return EngineStats(

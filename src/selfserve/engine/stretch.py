@@ -3,17 +3,70 @@
 Between batch-changing events (an arrival, a chunk boundary, a completion, a preemption)
 every step decodes one token for each running request, and step k's cost depends only on
 the batch size and the total context, which grows by the batch size per step. The perf
-model sums such a run in closed form (`PerfModel.decode_stretch`); this module finds how
-long the run may be — until the first request finishes, until the KV cache cannot give
-the next block, or until the caller's time horizon — and applies it to the requests and
-the block ledger exactly as the same number of single steps would.
+model sums such a run in closed form (`PerfModel.decode_stretch`). A `DecodePlan` is such
+a run, sized when it starts — until the first request finishes or the KV cache cannot
+give the next block — and kept *lazy*: a replica asked about a time inside the plan only
+works out how many steps have started by then (a quadratic, since step time is linear in
+context), and applies them only when something must change (an arrival joins, the plan
+ends). Applying k steps touches requests and the block ledger exactly as k single steps.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from selfserve.engine.request import EngineRequest
+
+
+@dataclass(slots=True)
+class DecodePlan:
+    """`max_steps` decode steps of `batch_size` requests starting at `start_s`."""
+
+    start_s: float
+    batch_size: int
+    context_tokens: int  # total context of the batch in the plan's first step
+    max_steps: int
+    last_start_s: float  # when the plan's last step starts
+    end_s: float  # when it ends
+    slacks: list[int]  # per running request: decode tokens before its next block
+    used_blocks: int  # ledger blocks in use when the plan starts
+    kv_limited: bool  # the plan stops because the next block would not fit
+    alpha_s: float  # step time = alpha + beta x total context (nan: not affine)
+    beta_s: float
+
+    def steps_started_before(self, t_s: float, perf) -> int:
+        """How many of the plan's steps start strictly before `t_s`."""
+        budget = t_s - self.start_s
+        if budget <= 0.0:
+            return 0
+        if t_s > self.last_start_s:
+            return self.max_steps
+        b = self.batch_size
+        if math.isnan(self.alpha_s):
+            return _search_steps(perf, b, self.context_tokens, budget, self.max_steps)
+        # elapsed(q) = q*alpha + beta*(q*C + b*q*(q-1)/2) < budget  <=>  q < root
+        a2 = 0.5 * self.beta_s * b
+        a1 = self.alpha_s + self.beta_s * self.context_tokens - a2
+        disc = a1 * a1 + 4.0 * a2 * budget
+        root = 2.0 * budget / (a1 + math.sqrt(disc)) if a1 > 0.0 else budget / max(a1, 1e-30)
+        return min(math.ceil(root), self.max_steps)
+
+
+def decode_coefficients(perf, batch_size: int) -> tuple[float, float]:
+    """(alpha, beta) of a decode step of `batch_size`, or (nan, nan) if the perf model's
+    decode time is not affine in the total context (then searches use exact sums)."""
+    alpha = perf.decode_step_time_s(batch_size, 0)
+    far = 1 << 30
+    beta = (perf.decode_step_time_s(batch_size, far) - alpha) / far
+    probe_context, probe_steps = 4096 * batch_size, 9
+    exact = perf.decode_stretch(batch_size, probe_context, probe_steps).time_s
+    context_sum = probe_steps * probe_context + batch_size * probe_steps * (probe_steps - 1) // 2
+    model = probe_steps * alpha + beta * context_sum
+    if abs(model - exact) > 1e-9 * max(exact, 1e-12):
+        return math.nan, math.nan
+    return alpha, beta
 
 
 def block_slack(req: EngineRequest, block_size: int) -> int:
@@ -48,37 +101,15 @@ def steps_within_kv(
     return lo
 
 
-def steps_starting_before(
-    perf, batch_size: int, context_tokens: int, budget_s: float, max_steps: int
-) -> int:
-    """How many of the next `max_steps` decode steps start within `budget_s`.
-
-    Step j (1-based) starts after the j-1 before it, whose summed time is
-    `perf.decode_stretch(batch_size, context_tokens, j - 1)`. The step time grows linearly
-    with context, so a quadratic gives the count; exact sums then settle the boundary.
-    """
-    if budget_s <= 0.0:
-        return 0
-    if max_steps <= 1 or budget_s == float("inf"):
+def _search_steps(perf, batch_size: int, context: int, budget_s: float, max_steps: int) -> int:
+    """Steps j in [1, max_steps] with start (sum of the j-1 before) < budget_s, by bisection."""
+    lo, hi = 0, max_steps - 1  # elapsed(lo) < budget; elapsed(hi) >= budget (or hi is last)
+    if perf.decode_stretch(batch_size, context, hi).time_s < budget_s:
         return max_steps
-
-    def elapsed(q: int) -> float:
-        return perf.decode_stretch(batch_size, context_tokens, q).time_s
-
-    last = max_steps - 1
-    if elapsed(last) < budget_s:
-        return max_steps
-    first_s = perf.decode_step_time_s(batch_size, context_tokens)
-    last_s = perf.decode_step_time_s(batch_size, context_tokens + batch_size * last)
-    growth_s = (last_s - first_s) / last
-    if growth_s > 0.0:
-        a1 = first_s - 0.5 * growth_s
-        q = int((-a1 + (a1 * a1 + 2.0 * growth_s * budget_s) ** 0.5) / growth_s)
-    else:
-        q = int(budget_s / first_s) if first_s > 0.0 else last
-    q = min(max(q, 0), last - 1)
-    while q > 0 and elapsed(q) >= budget_s:
-        q -= 1
-    while q + 1 < last and elapsed(q + 1) < budget_s:
-        q += 1
-    return q + 1
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if perf.decode_stretch(batch_size, context, mid).time_s < budget_s:
+            lo = mid
+        else:
+            hi = mid
+    return lo + 1

@@ -123,7 +123,7 @@ class _Run:
             metrics[i] = EngineMetrics(
                 num_requests_running=len(sched.running),
                 num_requests_waiting=len(sched.waiting),
-                kv_cache_usage=sched.ledger.usage,
+                kv_cache_usage=replica.kv_usage_at(tick_s),
                 scraped_at_s=tick_s,
             )
 
@@ -191,12 +191,12 @@ class _Run:
             tick = self._tick_of(a)
             if tick != last_tick:
                 for replica in replicas:
-                    if replica.clock_s < tick:
+                    if replica.next_change_s < tick:
                         replica.advance_to(tick)
                 self._scrape(tick)
                 last_tick = tick
             for replica in replicas:
-                if replica.clock_s < a:
+                if replica.next_change_s < a:
                     replica.advance_to(a)
             self._deliver_before(a)
             self._route(k, a)
