@@ -75,6 +75,11 @@ class Candidate:
         return to_text(self.tree)
 
     @property
+    def shape(self) -> str:
+        """The text with constants as names: equal for candidates CMA-ES can move between."""
+        return to_text(parametrize(self.tree)[0])
+
+    @property
     def size(self) -> int:
         return count_nodes(self.tree)
 

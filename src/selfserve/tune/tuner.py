@@ -347,13 +347,15 @@ class _SearchState:
         if self.config.proposer_url and self.config.proposer_model:
             proposer = LLMProposer(self.config.proposer_url, self.config.proposer_model)
         tuner: ConstantTuner | None = None
-        tuned_text = ""
+        tuned_shape = ""
         per_round = self.config.structural_per_round or max(1, self.evaluator.workers)
         while time.monotonic() < deadline:
             self.rounds += 1
             batch: list[Candidate] = []
-            if self.best is not None and self.best.candidate.text != tuned_text:
-                tuned_text = self.best.candidate.text
+            # Restart CMA-ES only when the best *structure* changes: a better set of constants
+            # for the same structure is CMA-ES's own progress, not a reason to start over.
+            if self.best is not None and self.best.candidate.shape != tuned_shape:
+                tuned_shape = self.best.candidate.shape
                 tuner = ConstantTuner(
                     self.best.candidate,
                     seed=self.config.seed + self.rounds,
