@@ -62,7 +62,11 @@ def _error_message(raw: bytes) -> str:
 
 
 async def send_request(
-    session: aiohttp.ClientSession, url: str, body: dict, outcome: RequestOutcome, t0_s: float
+    session: aiohttp.ClientSession,
+    url: str,
+    body: dict | bytes,
+    outcome: RequestOutcome,
+    t0_s: float,
 ) -> None:
     """POST one streaming request and record its timings into `outcome`.
 
@@ -74,7 +78,8 @@ async def send_request(
     outcome.start_s = start - t0_s
     state = _StreamState(start, outcome)
     try:
-        async with session.post(url, data=orjson.dumps(body), headers=_JSON_HEADERS) as response:
+        data = body if isinstance(body, bytes) else orjson.dumps(body)
+        async with session.post(url, data=data, headers=_JSON_HEADERS) as response:
             outcome.status = response.status
             if response.status != 200:
                 outcome.error = _error_message(await response.read())
@@ -212,7 +217,8 @@ async def arun_bench(
         async def one(
             request: Request,
             outcome: RequestOutcome,
-            base_url: str,
+            url: str,
+            payload: bytes,
             previous: _SessionChain | None,
             mine: _SessionChain | None,
         ) -> None:
@@ -229,13 +235,11 @@ async def arun_bench(
                     wait_s = ready_s - (time.perf_counter() - t0_s)
                     if wait_s > 0:
                         await asyncio.sleep(wait_s)
-                body = builder.body(request)
-                url = base_url + builder.path(request)
                 if semaphore is None:
-                    await send_request(session, url, body, outcome, t0_s)
+                    await send_request(session, url, payload, outcome, t0_s)
                 else:
                     async with semaphore:
-                        await send_request(session, url, body, outcome, t0_s)
+                        await send_request(session, url, payload, outcome, t0_s)
             finally:
                 if mine is not None:
                     mine.finished_s = time.perf_counter() - t0_s
@@ -251,6 +255,11 @@ async def arun_bench(
                 if duration_s is not None and scheduled_s > duration_s:
                     break
                 previous = chains.get(request.session_id) if request.session_id else None
+                # Build the body before its send time, so building (milliseconds for a
+                # long prompt) does not delay the send.
+                base_url = base_urls[len(outcomes) % len(base_urls)]
+                url = base_url + builder.path(request)
+                payload = orjson.dumps(builder.body(request))
                 wait_s = scheduled_s - (time.perf_counter() - t0_s)
                 if previous is None and wait_s > 0:
                     await asyncio.sleep(wait_s)
@@ -265,10 +274,11 @@ async def arun_bench(
                     expected_output_tokens=request.output_tokens,
                 )
                 outcomes.append(outcome)
-                base_url = base_urls[(len(outcomes) - 1) % len(base_urls)]
-                task = asyncio.create_task(one(request, outcome, base_url, previous, mine))
+                task = asyncio.create_task(one(request, outcome, url, payload, previous, mine))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)
+                # Let the new task start sending before the next body of a burst is built.
+                await asyncio.sleep(0)
             while tasks:
                 await asyncio.gather(*list(tasks), return_exceptions=True)
 

@@ -90,6 +90,7 @@ class TwinRuntime:
         self._wall0_s = time.perf_counter()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None
+        self._idle_arrival_s = math.inf  # earliest arrival while the engine was idle
         self._next_id = 0
 
     # -- time -----------------------------------------------------------------
@@ -116,9 +117,19 @@ class TwinRuntime:
         return natural, "stop"
 
     def submit(self, live: LiveRequest, engine_request) -> None:
-        """Queue a request in the engine model (raises the engine's RequestTooLarge)."""
-        self.engine.add(engine_request, self.model_now_s())
+        """Queue a request in the engine model (raises the engine's RequestTooLarge).
+
+        The engine sees the request as arrived when its HTTP request arrived, not after
+        the body was parsed and tokenized: an idle engine starts its step at that earlier
+        model time, so the twin's own CPU work is hidden behind the modelled step instead
+        of adding to TTFT (the simulator has no such overhead).
+        """
+        arrival_s = (live.arrival_wall_s - self._wall0_s) * self.time_scale
+        engine_request.arrival_s = arrival_s
+        self.engine.add(engine_request, arrival_s)
         self._live[live.request_id] = live
+        if arrival_s < self._idle_arrival_s:
+            self._idle_arrival_s = arrival_s
         self._wake.set()
 
     def abort(self, live: LiveRequest) -> None:
@@ -156,7 +167,11 @@ class TwinRuntime:
             # not when this task woke up: wake-up lateness then delays delivery a little
             # but never accumulates into the engine's timeline (at time_scale 10, 1 ms
             # of timer slack per step would otherwise add 10 ms to every decode step).
-            now_s = self.model_now_s() if busy_until_s is None else busy_until_s
+            if busy_until_s is None:
+                now_s = min(self.model_now_s(), self._idle_arrival_s)
+            else:
+                now_s = busy_until_s
+            self._idle_arrival_s = math.inf
             output = self.engine.step(now_s)
             if output is None:
                 busy_until_s = None
