@@ -184,12 +184,29 @@ def _random_term(rng: random.Random) -> Expr:
     return Binary("*", Num(_coefficient(rng, scale)), term)
 
 
+def lane_term(rng: random.Random) -> Expr:
+    """Keep long prompts on the first replicas and everything else off them.
+
+    A long prefill blocks the replica's token budget for seconds (head-of-line blocking of
+    every short request queued behind it); a lane confines that damage. Threshold, lane
+    width and weight are constants the optimizer then tunes.
+    """
+    threshold = float(
+        f"{rng.choice([8000, 16000, 24000, 32000, 48000]) * rng.uniform(0.8, 1.25):.3g}"
+    )
+    lanes = rng.choice([0.5, 1.5, 2.5])  # index < lanes: replicas 0.., whole replicas
+    weight = float(f"{10 ** rng.uniform(3, 6):.3g}")
+    return parse_expression(
+        f"{weight} * (if total_prompt_tokens > {threshold} then index > {lanes} else index < {lanes})"
+    )
+
+
 def mutate(parent: Candidate, rng: random.Random) -> Candidate | None:
     """One random edit of `parent`; None when the edit broke the language's limits."""
     tree = parent.tree
     paths = _paths(tree)
     kind = rng.choice(
-        ["add", "add", "replace", "wrap", "perturb", "perturb", "delete", "swap", "guard"]
+        ["add", "add", "replace", "wrap", "perturb", "perturb", "delete", "swap", "guard", "lane"]
     )
     if kind == "add":
         sign = "+" if rng.random() < 0.7 else "-"
@@ -244,6 +261,8 @@ def mutate(parent: Candidate, rng: random.Random) -> Candidate | None:
             new = _replace(tree, path, Call("max" if node.func == "min" else "min", node.args))
         else:
             return None
+    elif kind == "lane":
+        new = Binary("+", tree, lane_term(rng))
     else:  # guard: push replicas past a threshold of a load signal to the back
         signal, scale = rng.choice(
             [
