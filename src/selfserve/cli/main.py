@@ -16,6 +16,7 @@ from selfserve.cli.common import UserError, console
 # Order is the order `selfserve --help` lists them.
 COMMAND_MODULES: tuple[str, ...] = (
     "selfserve.cli.analyze",
+    "selfserve.cli.generate",
     "selfserve.cli.calibrate",
     "selfserve.cli.profile",
     "selfserve.cli.plan",
