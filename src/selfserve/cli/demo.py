@@ -29,6 +29,13 @@ ROWS: tuple[tuple[str, Any, str, bool], ...] = (
     ("SLO attainment", lambda s: s.get("slo_attainment"), "{:.1%}", True),
     ("prefix cache hit rate", lambda s: s.get("prefix_cache_hit_rate"), "{:.1%}", True),
     ("failed requests", lambda s: s["failed"] + s["incomplete"], "{:.0f}", False),
+    ("bench send lag p99 (ms, wall)", lambda s: s["send_lag_s"]["p99"] * 1e3, "{:.0f}", False),
+    (
+        "twin schedule lag p99 (ms, wall)",
+        lambda s: None if s.get("twin_lag_p99_s") is None else s["twin_lag_p99_s"] * 1e3,
+        "{:.0f}",
+        False,
+    ),
 )
 
 
@@ -173,6 +180,10 @@ def run(args: argparse.Namespace) -> int:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    console.print(
+        "[dim]the last two rows say how far the load generator and the twins fell behind for want of CPU; "
+        "when they are large the machine, not the policy, set that run's latencies[/]"
+    )
     console.print(
         f"[bold]learned heuristic[/] (route to the replica with the {'highest' if result.learned_doc.get('direction') == 'max' else 'lowest'} score):"
     )

@@ -254,16 +254,20 @@ class PolicyArms:
             reasons.append(
                 f"error rate {cand.error_rate:.1%} > incumbent {inc.error_rate:.1%} + {canary.error_margin:.1%}"
             )
-        for name, margin, c_samples, i_samples in (
-            ("TTFT", canary.ttft_margin, cand.ttft_s, inc.ttft_s),
-            ("TPOT", canary.tpot_margin, cand.tpot_s, inc.tpot_s),
+        for name, margin, ok_s, c_samples, i_samples in (
+            ("TTFT", canary.ttft_margin, canary.ttft_ok_s, cand.ttft_s, inc.ttft_s),
+            ("TPOT", canary.tpot_margin, canary.tpot_ok_s, cand.tpot_s, inc.tpot_s),
         ):
-            if c_samples and i_samples:
-                c_med, i_med = statistics.median(c_samples), statistics.median(i_samples)
-                if c_med > i_med * (1.0 + margin):
-                    reasons.append(
-                        f"median {name} {c_med * 1e3:.1f} ms > incumbent {i_med * 1e3:.1f} ms x {1 + margin:.2f}"
-                    )
+            if not c_samples or not i_samples:
+                continue
+            c_med, i_med = statistics.median(c_samples), statistics.median(i_samples)
+            if ok_s > 0 and c_med <= ok_s:
+                continue  # slower but within what the operator calls good enough
+            if c_med > i_med * (1.0 + margin):
+                reasons.append(
+                    f"median {name} {c_med * 1e3:.1f} ms > incumbent {i_med * 1e3:.1f} ms x {1 + margin:.2f}"
+                    + (f" and above {ok_s * 1e3:.1f} ms" if ok_s > 0 else "")
+                )
         return reasons
 
     def describe(self) -> dict:

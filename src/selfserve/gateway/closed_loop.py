@@ -48,7 +48,7 @@ class LoopConfig:
     model: str = "llama-3.1-8b"
     hardware: str = "h100"
     replicas: int = 3
-    time_scale: float = 5.0
+    time_scale: float = 4.0
     rate_scale: float = 0.5
     requests: int = 200  # first N requests of the trace: the "before" and "after" window
     canary_requests: int = 120  # the next N requests carry the canary
@@ -147,6 +147,21 @@ def _wait_healthy(url: str, replicas: int, timeout_s: float = 30.0) -> None:
     raise DemoError(f"the gateway did not see all {replicas} twins healthy within {timeout_s:g} s")
 
 
+def twin_lag_p99_s(urls: list[str]) -> float | None:
+    """The worst twin's schedule-lag p99 (wall seconds): how far the twins fell behind their
+    engine model for want of CPU. Large values mean the machine, not the policy, set the
+    latencies of that run."""
+    worst = None
+    for url in urls:
+        try:
+            with urllib.request.urlopen(url + "/twin/stats", timeout=5) as response:
+                p99 = float(orjson.loads(response.read())["lag"]["p99_s"])
+        except (OSError, KeyError, ValueError, TypeError):
+            continue
+        worst = p99 if worst is None else max(worst, p99)
+    return worst
+
+
 class ClosedLoop:
     def __init__(
         self, config: LoopConfig, *, phase: PhaseFn | None = None, progress: bool = True
@@ -234,6 +249,7 @@ class ClosedLoop:
                 f"replaying {len(before_window)} requests of {c.trace} through the gateway (policy {c.anchor})",
             )
             res.before, _ = self._bench(url, before_window)
+            res.before["twin_lag_p99_s"] = twin_lag_p99_s([t.url for t in twins])
             res.phase_s["before"] = time.monotonic() - started
 
             started = time.monotonic()
@@ -249,13 +265,14 @@ class ClosedLoop:
             twin_stack.close()
             twin_stack = ExitStack()
             gateway_stack.callback(twin_stack.close)
-            self._twins(twin_stack, ports)
+            twins = self._twins(twin_stack, ports)
             _wait_healthy(url, c.replicas)
             self.phase(
                 "after",
                 f"replaying the same {len(before_window)} requests with policy {res.final_policy}",
             )
             res.after, _ = self._bench(url, before_window)
+            res.after["twin_lag_p99_s"] = twin_lag_p99_s([t.url for t in twins])
             res.phase_s["after"] = time.monotonic() - started
         res.paths = {
             "gateway_config": str(config_path),

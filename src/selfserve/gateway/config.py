@@ -45,6 +45,10 @@ class CanaryConfig:
     min_samples: int = 50
     ttft_margin: float = 0.2  # roll back when candidate median TTFT > incumbent x (1 + margin)
     tpot_margin: float = 0.2
+    # medians at or under these are good enough (within the SLO): a slower candidate is not
+    # rolled back for them; 0 compares always
+    ttft_ok_s: float = 0.0
+    tpot_ok_s: float = 0.0
     error_margin: float = 0.02  # roll back when candidate error rate > incumbent + margin
     max_duration_s: float = 0.0  # 0: no limit; else decide on what is there after this long
 
@@ -233,6 +237,8 @@ def parse_canary(raw: Any, where: str) -> CanaryConfig | None:
             "min_samples",
             "ttft_margin",
             "tpot_margin",
+            "ttft_ok_s",
+            "tpot_ok_s",
             "error_margin",
             "max_duration_s",
         },
@@ -257,6 +263,8 @@ def parse_canary(raw: Any, where: str) -> CanaryConfig | None:
         min_samples=_number(raw, "min_samples", 50, f"{where}.", minimum=1, integer=True),
         ttft_margin=_number(raw, "ttft_margin", 0.2, f"{where}."),
         tpot_margin=_number(raw, "tpot_margin", 0.2, f"{where}."),
+        ttft_ok_s=_number(raw, "ttft_ok_s", 0.0, f"{where}."),
+        tpot_ok_s=_number(raw, "tpot_ok_s", 0.0, f"{where}."),
         error_margin=_number(raw, "error_margin", 0.02, f"{where}."),
         max_duration_s=_number(raw, "max_duration_s", 0.0, f"{where}."),
     )
