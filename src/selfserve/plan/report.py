@@ -281,8 +281,65 @@ def plan_json(result: PlanResult) -> dict[str, Any]:
     }
 
 
+_TP_MARKERS = {1: "o", 2: "s", 4: "^", 8: "D"}
+
+
+def curve_figure(result: PlanResult):
+    """The InferenceMAX plot (a matplotlib Figure), or None when no option has a curve."""
+    from selfserve.report.html import new_figure
+
+    curves = [(p, curve_points(p.curve)) for p in result.options if p.curve]
+    if not curves:
+        return None
+    fig, ax = new_figure(9.0, 5.0)
+    cards = list(dict.fromkeys(plan.option.hardware for plan, _ in curves))
+    colors = {card: f"C{i % 10}" for i, card in enumerate(cards)}
+    best = result.cheapest
+    for plan, points in curves:
+        ordered = sorted(points, key=lambda pt: pt.tokens_per_s_per_user)
+        is_best = best is not None and plan.option == best.option
+        option = plan.option
+        label = f"{option.hardware} TP{option.tp} {option.weight_dtype} ×{plan.replicas}"
+        ax.plot(
+            [pt.tokens_per_s_per_user for pt in ordered],
+            [pt.output_tokens_per_s_per_gpu for pt in ordered],
+            marker=_TP_MARKERS.get(option.tp, "v"),
+            markersize=4,
+            color=colors[option.hardware],
+            lw=2.6 if is_best else 1.0,
+            label=label + (" ★ cheapest" if is_best else ""),
+        )
+        if is_best and plan.at_rate is not None:
+            ax.scatter(
+                [plan.at_rate.tokens_per_s_per_user],
+                [plan.at_rate.output_tokens_per_s_per_gpu],
+                s=260,
+                marker="*",
+                color=colors[option.hardware],
+                edgecolor="black",
+                zorder=5,
+            )
+    tpot_s = _slo_tpot_s(result.slo)
+    if tpot_s:
+        ax.axvline(1.0 / tpot_s, color="grey", ls="--", lw=1)
+    ax.set_xlabel("interactivity: output tokens/s per user (1 / median TPOT)")
+    ax.set_ylabel("output tokens/s per GPU")
+    ax.set_title(
+        f"{result.model}: throughput per GPU vs interactivity, swept over load", fontsize=9
+    )
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    return fig
+
+
+def _slo_tpot_s(slo_text: str) -> float | None:
+    from selfserve.sim import SLO
+
+    return SLO.parse(slo_text).tpot_s
+
+
 def write_html(result: PlanResult, path: str) -> None:
-    from selfserve.report.html import HtmlReport, new_figure
+    from selfserve.report.html import HtmlReport
 
     report = HtmlReport(f"selfserve plan: {result.model} on {result.workload_name}")
     for line in summary_lines(result):
@@ -296,41 +353,15 @@ def write_html(result: PlanResult, path: str) -> None:
         "note",
     )
     report.table(OPTION_HEADERS, [option_row(p, result.growth) for p in result.options])
-    curves = [(p, curve_points(p.curve)) for p in result.options if p.curve]
-    if curves:
+    fig = curve_figure(result)
+    if fig is not None:
         report.heading("InferenceMAX view: throughput per GPU vs interactivity")
-        fig, ax = new_figure(8.0, 4.6)
-        best = result.cheapest
-        for plan, points in curves:
-            xs = [pt.tokens_per_s_per_user for pt in points]
-            ys = [pt.output_tokens_per_s_per_gpu for pt in points]
-            is_best = best is not None and plan.option == best.option
-            label = f"{plan.option.hardware} TP{plan.option.tp} {plan.option.weight_dtype}, {plan.replicas} repl."
-            line = ax.plot(
-                xs,
-                ys,
-                marker="o",
-                lw=2.6 if is_best else 1.2,
-                label=label + (" ★ cheapest" if is_best else ""),
-            )[0]
-            if is_best and plan.at_rate is not None:
-                ax.scatter(
-                    [plan.at_rate.tokens_per_s_per_user],
-                    [plan.at_rate.output_tokens_per_s_per_gpu],
-                    s=220,
-                    marker="*",
-                    color=line.get_color(),
-                    zorder=5,
-                )
-        ax.set_xlabel("interactivity: output tokens/s per user (1 / median TPOT)")
-        ax.set_ylabel("output tokens/s per GPU")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
         report.figure(fig)
         report.paragraph(
             "Each curve is one fleet (the SLO-sized replica count) under the workload's own "
-            "arrivals scaled from 10% of its capacity to past it; the star is the cheapest "
-            "option at the recorded rate. Precision and parallelism are in the legend.",
+            "arrivals scaled from 10% of its capacity to past it; colour = card, marker = "
+            "TP, the legend gives precision and replicas. The star is the cheapest option at "
+            "the recorded rate; the dashed line is the interactivity the TPOT target asks for.",
             "note",
         )
     if result.matched:
