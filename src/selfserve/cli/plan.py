@@ -10,7 +10,7 @@ import argparse
 
 from rich.table import Table
 
-from selfserve.cli.common import UserError, console, progress, write_json
+from selfserve.cli.common import UserError, console, err_console, progress, write_json
 
 DEFAULT_SLO = "ttft=2s,tpot=100ms"
 
@@ -163,6 +163,13 @@ def handle(args: argparse.Namespace) -> int:
 
         def done(plan) -> None:
             bar.update(task, advance=1, status=plan.option.label)
+            if bar.disable:  # no live bar (a log or a pipe): one line per finished option
+                outcome = (
+                    f"{plan.replicas} replicas, {plan.at_rate.num_gpus} GPUs"
+                    if plan.at_rate
+                    else plan.reason
+                )
+                err_console.print(f"  {plan.option.label}: {outcome}", highlight=False)
 
         try:
             result = plan_fleet(
