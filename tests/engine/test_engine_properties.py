@@ -136,3 +136,47 @@ def test_fast_mode_matches_step_mode_per_request(specs, config):
         assert (f.num_cached_tokens, f.num_preemptions) == (s.num_cached_tokens, s.num_preemptions)
     assert fast_replica.metrics().num_steps == step_replica.metrics().num_steps
     assert fast_replica.energy_j == pytest.approx(step_replica.energy_j, rel=1e-9)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    specs=request_specs,
+    config=configs,
+    probes=st.lists(st.floats(0.0, 40.0), min_size=1, max_size=30),
+)
+def test_lazy_fast_mode_reports_the_same_metrics_as_step_mode_at_any_time(specs, config, probes):
+    """What a scrape sees at time t (running, waiting, KV usage) after every step that
+    started before t — also while a decode plan is pending and not yet applied."""
+    reqs = [r for r in make_requests(specs) if fits(config, r)]
+    probes = sorted(set(probes))
+    # step mode: probes before a step starting at the same time, arrivals before steps
+    step_replica = EngineReplica(PERF, config)
+    pending, todo, seen_step = fresh(reqs), list(probes), []
+    while pending or todo or not step_replica.is_idle:
+        step_start = float("inf") if step_replica.is_idle else step_replica.clock_s
+        next_arrival = pending[0].arrival_s if pending else float("inf")
+        next_probe = todo[0] if todo else float("inf")
+        if next_probe <= min(next_arrival, step_start) and todo:
+            sched = step_replica.scheduler
+            seen_step.append((len(sched.running), len(sched.waiting), sched.ledger.usage))
+            todo.pop(0)
+        elif next_arrival <= step_start and pending:
+            req = pending.pop(0)
+            step_replica.add(req, req.arrival_s)
+        else:
+            step_replica.step(step_start)
+    # fast mode: merged arrivals and probes, probes first on ties
+    fast_replica = EngineReplica(PERF, config)
+    events = sorted(
+        [(p, 0, None) for p in probes] + [(r.arrival_s, 1, r) for r in fresh(reqs)],
+        key=lambda e: (e[0], e[1]),
+    )
+    seen_fast = []
+    for t, kind, req in events:
+        fast_replica.advance_to(t)
+        if kind == 0:
+            sched = fast_replica.scheduler
+            seen_fast.append((len(sched.running), len(sched.waiting), fast_replica.kv_usage_at(t)))
+        else:
+            fast_replica.add(req, t)
+    assert seen_fast == seen_step

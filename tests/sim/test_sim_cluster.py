@@ -110,6 +110,9 @@ def test_same_seed_gives_identical_results_and_another_seed_differs():
         (synthetic(250, rate=30.0), "3xh100/llama-3.1-8b", "least-loaded"),
         (synthetic(200, rate=80.0, prefixes=2), "2xh100/llama-3.1-8b:num_gpu_blocks_override=1500", "round-robin"),
         (synthetic(150, rate=5.0), "1xh200/llama-3.1-8b:max_num_seqs=4,max_num_batched_tokens=2048", "random"),
+        # scraped KV usage drives these: lazy decode plans must report it exactly
+        (synthetic(250, rate=40.0), "3xh100/llama-3.1-8b:num_gpu_blocks_override=3000", "least-kv"),
+        (synthetic(250, rate=40.0, prefixes=3), "3xh100/llama-3.1-8b", "llm-d"),
     ],
 )  # fmt: skip
 def test_fast_mode_matches_step_mode(workload, cluster, policy):

@@ -219,7 +219,7 @@ class EngineReplica:
             return ledger.usage
         steps = plan.steps_started_before(t_s, self.perf)
         used = plan.used_blocks + new_blocks(plan.slacks, steps, self.config.block_size)
-        return used / ledger.num_blocks
+        return 1.0 - (ledger.num_blocks - used) / ledger.num_blocks  # as `ledger.usage`
 
     def _next_step_is_pure_decode(self, batch: Batch, finished: list[EngineRequest]) -> bool:
         """Will the next step decode exactly the running batch, admitting nothing?
