@@ -230,12 +230,20 @@ def iter_log_records(
 
 
 def _records_of(file: Path, ctx: ReadContext) -> Iterator[RequestLogRecord]:
-    for line_no, raw in enumerate(read_bytes(file).splitlines(), start=1):
+    data_bytes = read_bytes(file)
+    lines = data_bytes.splitlines()
+    for line_no, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue
         try:
             data = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
+            if line_no == len(lines) and not data_bytes.endswith(b"\n"):
+                # A live log's last record may be half-written; say so, do not fail.
+                ctx.notes.append(
+                    f"{file}:{line_no}: ignored an incomplete last line (log still being written?)"
+                )
+                continue
             ctx.bad(ctx.error(line_no, None, f"one JSON object per line ({exc})"))
             continue
         try:
@@ -363,6 +371,7 @@ def read_request_log(
         requests.extend(record.request for record in _records_of(file, file_ctx))
         ctx.skipped += file_ctx.skipped
         ctx.examples.extend(file_ctx.examples)
+        ctx.notes.extend(file_ctx.notes)
     block_sizes = {r.block_size for r in requests if r.block_hashes}
     block_size = block_sizes.pop() if len(block_sizes) == 1 else 16
     return finish(

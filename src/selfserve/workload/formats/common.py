@@ -49,6 +49,7 @@ class ReadContext:
     skip_bad: bool = False
     skipped: int = 0
     examples: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # warnings for the Workload
 
     def bad(self, error: TraceFormatError) -> None:
         if not self.skip_bad:
@@ -91,7 +92,7 @@ def finish(
     warnings: list[str] | None = None,
 ) -> Workload:
     """Build the Workload: error if empty, sort arrivals, report skipped records."""
-    notes = list(warnings or [])
+    notes = list(warnings or []) + ctx.notes
     if not requests:
         if ctx.skipped:
             raise EmptyTraceError(
