@@ -25,6 +25,7 @@ from selfserve.bench.result import INCOMPLETE, BenchResult, RequestOutcome
 from selfserve.workload.request import Request, Workload
 
 DEFAULT_REQUEST_TIMEOUT_S = 3600.0
+MAX_CONNECTIONS = 1024
 
 
 class BenchTargetError(RuntimeError):
@@ -198,8 +199,11 @@ async def arun_bench(
         requests = requests[:max_requests]
     speedup = rate_scale * time_scale
     start_arrival_s = requests[0].arrival_s if requests else 0.0
+    # A bounded pool: past MAX_CONNECTIONS in flight, requests wait for a free connection
+    # (reused, keep-alive) instead of opening ever more sockets, which costs the client
+    # more CPU than the requests themselves when the target falls behind.
     connector = aiohttp.TCPConnector(
-        limit=max_concurrency or 0, ttl_dns_cache=300, keepalive_timeout=60
+        limit=max_concurrency or MAX_CONNECTIONS, ttl_dns_cache=300, keepalive_timeout=60
     )
     timeout = aiohttp.ClientTimeout(total=request_timeout_s, sock_connect=30)
     outcomes: list[RequestOutcome] = []

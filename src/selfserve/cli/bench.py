@@ -129,7 +129,10 @@ def run(args: argparse.Namespace) -> int:
     summary = result.summary(slo or None)
     console.print(render_table(summary))
     if result.cancelled:
-        err_console.print("[yellow]stopped early: the table covers what finished[/]")
+        err_console.print(
+            "[yellow]stopped at the time limit or on request: requests still running were "
+            "cancelled and are counted as incomplete, not failed[/]"
+        )
     if args.json:
         write_json(
             args.json,

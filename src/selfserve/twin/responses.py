@@ -19,6 +19,7 @@ FILLER_WORDS: tuple[str, ...] = (
     " one", " serv", " ing", " engi", " ne", ".",
 )  # fmt: skip
 DONE_EVENT = b"data: [DONE]\n\n"
+_FILLER_JSON: tuple[bytes, ...] = tuple(orjson.dumps(word) for word in FILLER_WORDS)
 
 
 def filler_text(start: int, count: int) -> str:
@@ -46,24 +47,46 @@ def _event(payload: dict) -> bytes:
     return b"data: " + orjson.dumps(payload) + b"\n\n"
 
 
-@dataclass(frozen=True, slots=True)
 class ChunkWriter:
-    """Builds the SSE events of one streamed response."""
+    """Builds the SSE events of one streamed response.
 
-    response_id: str
-    model: str
-    created: int
-    is_chat: bool
+    The common event (a mid-stream token without usage) is pre-rendered as prefix +
+    JSON-encoded filler word + suffix, byte-identical to what orjson writes for the full
+    dict, because it is built thousands of times a second.
+    """
+
+    __slots__ = ("response_id", "model", "created", "is_chat", "_prefix", "_suffix")
+
+    def __init__(self, response_id: str, model: str, created: int, is_chat: bool) -> None:
+        self.response_id = response_id
+        self.model = model
+        self.created = created
+        self.is_chat = is_chat
+        obj = b"chat.completion.chunk" if is_chat else b"text_completion"
+        head = (
+            b'data: {"id":' + orjson.dumps(response_id) + b',"object":"' + obj
+            + b'","created":' + str(created).encode() + b',"model":' + orjson.dumps(model)
+            + b',"choices":[{"index":0,'
+        )  # fmt: skip
+        if is_chat:
+            self._prefix = head + b'"delta":{"content":'
+            self._suffix = b'},"logprobs":null,"finish_reason":null}]}\n\n'
+        else:
+            self._prefix = head + b'"text":'
+            self._suffix = b',"logprobs":null,"finish_reason":null,"stop_reason":null}]}\n\n'
 
     def token_events(
         self, start: int, count: int, finish_reason: str | None, usage: Usage | None = None
     ) -> bytes:
         """Events for `count` tokens from index `start`; the last carries `finish_reason`."""
         out: list[bytes] = []
+        n_words = len(FILLER_WORDS)
         for index in range(start, start + count):
-            last = index == start + count - 1
-            reason = finish_reason if last else None
-            word = FILLER_WORDS[index % len(FILLER_WORDS)]
+            reason = finish_reason if index == start + count - 1 else None
+            if reason is None and usage is None and not (self.is_chat and index == 0):
+                out.append(self._prefix + _FILLER_JSON[index % n_words] + self._suffix)
+                continue
+            word = FILLER_WORDS[index % n_words]
             if self.is_chat:
                 delta = {"role": "assistant", "content": word} if index == 0 else {"content": word}
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": reason}

@@ -236,9 +236,14 @@ class TwinApp:
                 usage,
             )
             return web.Response(body=body, content_type="application/json")
-        except (asyncio.CancelledError, ConnectionResetError):
+        except asyncio.CancelledError:
             runtime.abort(live)
             raise
+        except ConnectionResetError:
+            # The client went away mid-stream (a cancelled bench, a closed browser): free
+            # the engine's slot; there is no one left to answer.
+            runtime.abort(live)
+            return web.Response(status=499)
 
     async def _stream(
         self, request: web.Request, twin_request: TwinRequest, live: LiveRequest
