@@ -61,16 +61,19 @@ class BlockLedger:
             return
         self.num_free_blocks -= num_blocks
         queue = self.free_queue
+        popitem = queue.popitem
+        cached_blocks = self.cached_blocks
+        cached_refs = self.cached_refs
         need = num_blocks
         while need > 0:
-            key, blocks = queue.popitem(last=False)
+            key, blocks = popitem(False)
             if key >= 0:  # a cached unit: evict its hash
-                del self.cached_blocks[key]
-                del self.cached_refs[key]
+                del cached_blocks[key]
+                del cached_refs[key]
                 self.num_evicted_units += 1
             if blocks > need:
                 rest_key = self._next_plain_key
-                self._next_plain_key -= 1
+                self._next_plain_key = rest_key - 1
                 queue[rest_key] = blocks - need
                 queue.move_to_end(rest_key, last=False)
                 return
@@ -107,13 +110,16 @@ class BlockLedger:
             queue[key] = plain_blocks
             self.num_free_blocks += plain_blocks
         refs = self.cached_refs
+        cached_blocks = self.cached_blocks
+        freed = 0
         for unit_hash in reversed(units):
             count = refs[unit_hash] - 1
             refs[unit_hash] = count
-            if count == 0:
-                blocks = self.cached_blocks[unit_hash]
+            if not count:
+                blocks = cached_blocks[unit_hash]
                 queue[unit_hash] = blocks
-                self.num_free_blocks += blocks
+                freed += blocks
+        self.num_free_blocks += freed
 
     def check(self) -> None:
         """Assert the ledger's invariants (used by tests)."""

@@ -224,6 +224,8 @@ class Scheduler:
     ) -> tuple[list[EngineRequest], list[EngineRequest], list[EngineRequest]]:
         """Apply `batch`; returns (first-token, token-emitting, finished) requests."""
         ledger = self.ledger
+        cached_blocks = ledger.cached_blocks
+        cached_refs = ledger.cached_refs
         caching = self.config.enable_prefix_caching
         first: list[EngineRequest] = []
         emitted_reqs: list[EngineRequest] = []
@@ -238,12 +240,21 @@ class Scheduler:
             computed += num_new
             req.num_computed_tokens = computed
             if caching and req.next_unit < len(req.unit_end_tokens):
+                # name each newly completed unit in the prefix cache (ledger.register, inlined)
                 k = req.next_unit
                 ends = req.unit_end_tokens
-                while k < len(ends) and ends[k] <= computed:
-                    blocks = req.unit_end_blocks[k] - (req.unit_end_blocks[k - 1] if k else 0)
-                    if ledger.register(req.unit_hashes[k], blocks):
-                        req.held_units.append(req.unit_hashes[k])
+                end_blocks = req.unit_end_blocks
+                hashes = req.unit_hashes
+                n_units = len(ends)
+                prev_blocks = end_blocks[k - 1] if k else 0
+                while k < n_units and ends[k] <= computed:
+                    unit_hash = hashes[k]
+                    blocks = end_blocks[k] - prev_blocks
+                    prev_blocks = end_blocks[k]
+                    if unit_hash not in cached_blocks:
+                        cached_blocks[unit_hash] = blocks
+                        cached_refs[unit_hash] = 1
+                        req.held_units.append(unit_hash)
                         req.plain_blocks -= blocks
                     k += 1
                 req.next_unit = k

@@ -136,15 +136,17 @@ class _Run:
     def _route(self, k: int, arrival_s: float) -> None:
         req = self.requests[k]
         rid = self.ids[k]
+        media = req.media
+        media_hashes = tuple(p.content_hash for p in media) if media else ()
         view = RequestView(
             request_id=rid,
             arrival_s=arrival_s,
             prompt_tokens=req.prompt_tokens,
-            media_tokens=req.media_tokens,
+            media_tokens=req.media_tokens if media else 0,
             expected_output_tokens=req.output_tokens,
             block_hashes=req.block_hashes,
             block_size=req.block_size,
-            media_hashes=tuple(p.content_hash for p in req.media),
+            media_hashes=media_hashes,
             session_id=req.session_id,
         )
         choice = self.router.route(view, arrival_s, self.metrics, self.env.rng)
@@ -155,12 +157,12 @@ class _Run:
             prompt_tokens=req.prompt_tokens,
             output_tokens=req.output_tokens,
             block_hashes=req.block_hashes,
-            media_tokens=req.media_tokens,
-            media_hashes=view.media_hashes,
+            media_tokens=view.media_tokens,
+            media_hashes=media_hashes,
             arrival_s=arrival_s,
             hash_block_tokens=req.block_size,
-            media_part_tokens=tuple(p.tokens for p in req.media),
-            media_kinds=tuple(p.kind for p in req.media),
+            media_part_tokens=tuple(p.tokens for p in media) if media else (),
+            media_kinds=tuple(p.kind for p in media) if media else (),
         )
         ereq.num_cached_tokens = -1
         self.engine_requests[k] = ereq
