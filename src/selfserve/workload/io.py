@@ -18,7 +18,7 @@ import orjson
 
 from selfserve.workload.errors import UnknownFormatError
 from selfserve.workload.formats import azure, kvcache_tester, mooncake, ragpulse, servegen
-from selfserve.workload.formats.common import head_bytes
+from selfserve.workload.formats.common import gc_paused, head_bytes
 from selfserve.workload.log import looks_like as looks_like_log
 from selfserve.workload.log import read_request_log
 from selfserve.workload.request import Workload
@@ -110,7 +110,8 @@ def load_workload(
     if reader is None:
         raise UnknownFormatError(f"unknown trace format {fmt!r}; valid: " + ", ".join(FORMATS))
     try:
-        return reader(path, skip_bad=skip_bad, name=name, **reader_options)
+        with gc_paused():
+            return reader(path, skip_bad=skip_bad, name=name, **reader_options)
     except TypeError as exc:
         if "unexpected keyword argument" in str(exc):
             raise UnknownFormatError(f"format {fmt!r} does not take that option: {exc}") from None
