@@ -61,5 +61,5 @@ def test_an_slo_level_no_two_options_reach_is_left_out():
 
 
 def test_sweep_multipliers_scale_with_headroom():
-    assert sweep_multipliers(2.0) == [0.2, 0.5, 1.0, 1.5, 1.8]
-    assert sweep_multipliers(None) == [0.1, 0.25, 0.5, 0.75, 0.9]
+    assert sweep_multipliers(2.0) == [0.3, 0.8, 1.4]
+    assert sweep_multipliers(None) == [0.15, 0.4, 0.7]

@@ -41,7 +41,7 @@ class PlanSettings:
     seed: int = 0
     max_replicas: int = 256
     sweep: bool = True
-    headroom_tol: float = 0.05
+    headroom_tol: float = 0.08
 
 
 @dataclass(frozen=True, slots=True)

@@ -359,7 +359,7 @@ def write_html(result: PlanResult, path: str) -> None:
         report.figure(fig)
         report.paragraph(
             "Each curve is one fleet (the SLO-sized replica count) under the workload's own "
-            "arrivals scaled from 10% of its capacity to past it; colour = card, marker = "
+            "arrivals scaled from 15% of its capacity to past it; colour = card, marker = "
             "TP, the legend gives precision and replicas. The star is the cheapest option at "
             "the recorded rate; the dashed line is the interactivity the TPOT target asks for.",
             "note",

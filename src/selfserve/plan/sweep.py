@@ -113,8 +113,8 @@ def matched_levels(
     return sorted({round(level, 3) for level in levels}, reverse=True)
 
 
-def sweep_multipliers(headroom: float | None, count: int = 5) -> list[float]:
-    """Low-load multipliers below the capacity point (the bisection supplies the high end)."""
+def sweep_multipliers(headroom: float | None) -> list[float]:
+    """Low-load multipliers below the capacity point (the headroom bisection already
+    measured the points around and past capacity, so three more complete the curve)."""
     top = headroom if headroom and math.isfinite(headroom) else 1.0
-    fractions = [0.1, 0.25, 0.5, 0.75, 0.9][:count]
-    return [round(top * f, 4) for f in fractions]
+    return [round(top * fraction, 4) for fraction in (0.15, 0.4, 0.7)]
