@@ -94,6 +94,12 @@ def register(subparsers) -> None:
         help="search on the last N%% of the training window (cheaper); the shortlist and the "
         "best anchor are re-scored on the whole window (default 100%%)",
     )
+    parser.add_argument(
+        "--cache",
+        metavar="FILE",
+        help="remember evaluations in FILE and reuse them in later runs on the same trace, "
+        "windows, cluster and SLO (anchors are then scored once)",
+    )
     parser.add_argument("--out", required=True, help="policy file to write (YAML)")
     parser.add_argument("--json", help="write the full result as JSON")
     parser.add_argument("--html", help="write an HTML report")
@@ -157,6 +163,7 @@ def run(args: argparse.Namespace) -> int:
         bootstrap_windows=args.bootstrap_windows,
         curve_points=args.curve_points,
         search_fraction=search_fraction,
+        cache_path=args.cache,
     )
     console.print(
         f"tuning on {len(train)} requests ({args.train}), validating on {len(validate)} ({args.validate}); "

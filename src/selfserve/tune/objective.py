@@ -223,22 +223,17 @@ def find_capacity(
 
 
 def _extrapolate(probes: list[Probe], target: float) -> float:
-    """Capacity estimate when the probes never straddled the target (search shortcuts).
+    """A conservative capacity estimate when the probes never straddled the target.
 
-    With two or more probes on one side, extend the line through the two nearest the
-    target to where it crosses it (clamped to within 2x of the probed rates); with one,
-    scale its rate by how far attainment is from the target. Monotone in attainment, so
-    ranking candidates by it still favours the one that held up better.
+    All passed: the highest passing rate, with a small bonus (at most 10%) for the margin
+    its attainment kept above the target. All failed: the lowest failing rate scaled down by
+    the shortfall. Either way the estimate stays within what the probes showed, so a
+    search step can never run away on an extrapolated line; and it is monotone in
+    attainment, so ranking still favours the candidate that held up better.
     """
-    ordered = sorted(probes, key=lambda p: p.rate)
-    if len(ordered) >= 2:
-        a, b = sorted(ordered, key=lambda p: abs(p.attainment - target))[:2]
-        if a.rate != b.rate and a.attainment != b.attainment:
-            slope = (b.attainment - a.attainment) / (b.rate - a.rate)
-            if slope < 0:  # attainment falls with rate, as it should
-                estimate = a.rate + (target - a.attainment) / slope
-                return min(max(estimate, ordered[0].rate / 2), ordered[-1].rate * 2)
-    edge = ordered[0] if ordered[0].attainment < target else ordered[-1]
-    ratio = max(edge.attainment, 0.0) / target
-    # below target: shrink the rate; above: grow it, but by no more than the margin seen
-    return edge.rate * (ratio if ratio < 1 else min(ratio, 1.5))
+    passing = [p for p in probes if p.attainment >= target]
+    if passing:
+        best = max(passing, key=lambda p: p.rate)
+        return best.rate * (1.0 + min(0.1, best.attainment - target))
+    lowest = min(probes, key=lambda p: p.rate)
+    return lowest.rate * max(lowest.attainment, 0.0) / target

@@ -10,10 +10,14 @@ and a worker must not die half-way through a job because of it.
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 from collections.abc import Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
+from pathlib import Path
 from typing import Any
+
+import orjson
 
 from selfserve.tune.objective import EvalPlan, Evaluation, evaluate
 
@@ -139,3 +143,68 @@ def make_evaluator(
     if count <= 1:
         return SerialEvaluator(workloads, cluster, slo)
     return ProcessEvaluator(workloads, cluster, slo, count)
+
+
+class CachedEvaluator(Evaluator):
+    """Remembers evaluations on disk, keyed by what determines them exactly.
+
+    The simulator is deterministic for a seed, so (workload fingerprint, cluster, SLO,
+    policy spec, plan) fixes the result: re-running `tune` with another budget or seed of
+    the search re-uses every anchor's training and validation scores instead of paying for
+    them again. The file is a pickle written by this tool only; it is never shared.
+    """
+
+    def __init__(
+        self, inner: Evaluator, path: str | Path, fingerprints: Mapping[str, str], context: str
+    ):
+        self.inner = inner
+        self.workers = inner.workers
+        self.description = f"{inner.description}, cache {path}"
+        self.path = Path(path)
+        self._fingerprints = dict(fingerprints)
+        self._context = context
+        self._entries: dict[str, Evaluation] = {}
+        if self.path.is_file():
+            try:
+                with self.path.open("rb") as handle:
+                    loaded = pickle.load(handle)
+                if isinstance(loaded, dict):
+                    self._entries = loaded
+            except (OSError, pickle.UnpicklingError, EOFError, AttributeError, ImportError):
+                self._entries = {}  # a stale or foreign cache is simply not used
+        self.hits = 0
+
+    def _key(self, key: str, doc: Any, plan: EvalPlan) -> str:
+        spec = (
+            orjson.dumps(doc, option=orjson.OPT_SORT_KEYS).decode()
+            if not isinstance(doc, str)
+            else doc
+        )
+        return "|".join((self._fingerprints[key], self._context, spec, repr(plan)))
+
+    def submit(self, key: str, doc: Any, plan: EvalPlan) -> Future:
+        cache_key = self._key(key, doc, plan)
+        known = self._entries.get(cache_key)
+        if known is not None:
+            self.hits += 1
+            future: Future = Future()
+            future.set_result(known)
+            return future
+        future = self.inner.submit(key, doc, plan)
+
+        def remember(done: Future, cache_key: str = cache_key) -> None:
+            if not done.cancelled() and done.exception() is None:
+                result = done.result()
+                if result.error is None:
+                    self._entries[cache_key] = result
+
+        future.add_done_callback(remember)
+        return future
+
+    def close(self, cancel: bool = False) -> None:
+        self.inner.close(cancel)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = self.path.with_suffix(".tmp")
+        with temporary.open("wb") as handle:
+            pickle.dump(self._entries, handle)
+        temporary.replace(self.path)

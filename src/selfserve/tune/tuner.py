@@ -24,11 +24,11 @@ from selfserve.policy import list_anchors
 from selfserve.policy.expression import EXPRESSION_ANCHORS, anchor_document
 from selfserve.tune.cmaes import ConstantTuner
 from selfserve.tune.objective import OBJECTIVES, EvalPlan, Evaluation
-from selfserve.tune.pool import Evaluator, make_evaluator
+from selfserve.tune.pool import CachedEvaluator, Evaluator, make_evaluator
 from selfserve.tune.proposer import LLMProposer
 from selfserve.tune.search_space import Candidate, Population, candidate_from_document
 from selfserve.tune.stats import Gain, bootstrap_ratio
-from selfserve.tune.windows import cut, sub_windows
+from selfserve.tune.windows import cut, fingerprint, sub_windows
 
 # A seed no anchor spells out: a linear blend of load, prefill backlog, decode load and
 # expected cache hit, for CMA-ES to weigh.
@@ -69,6 +69,7 @@ class TuneConfig:
     shortlist: int = 3
     cma_popsize: int = 6
     search_fraction: float = 1.0  # search on the last fraction of the training window
+    cache_path: str | None = None  # remember evaluations across runs (anchors, validation)
     structural_per_round: int | None = None  # default: one per worker
 
     def check(self) -> None:
@@ -172,6 +173,14 @@ def tune(
     evaluator = evaluator or make_evaluator(
         workloads, cluster, slo, workers=config.workers, ray=config.ray
     )
+    if config.cache_path:
+        evaluator = CachedEvaluator(
+            evaluator,
+            config.cache_path,
+            {key: fingerprint(w) for key, w in workloads.items()},
+            context=f"{getattr(cluster, 'label', cluster)}|{getattr(slo, 'label', slo)}",
+        )
+        owns_evaluator = True
     started = time.monotonic()
     deadline = started + config.budget_s
     state = _SearchState(
