@@ -180,8 +180,7 @@ def test_ray_local_evaluations_match_local_ones(windows):
     local = SerialEvaluator({"train": train}, CLUSTER, slo).submit("train", doc, plan).result()
     ray_pool = RayEvaluator({"train": train}, CLUSTER, slo, "local", workers=2)
     try:
-        futures = [ray_pool.submit("train", doc, plan) for _ in range(2)]
-        remote = [f.result(timeout=120) for f in futures]
+        remote = [ray_pool.submit("train", doc, plan).result(timeout=120)]
     finally:
         ray_pool.close()
     assert ray_pool.workers == 2
