@@ -17,7 +17,7 @@ from types import MappingProxyType
 import numpy as np
 import orjson
 
-from selfserve.workload.arrivals import ArrivalProcess
+from selfserve.workload.arrivals import ArrivalProcess, parse_arrival
 from selfserve.workload.errors import TraceFormatError
 from selfserve.workload.formats.common import (
     ReadContext,
@@ -58,18 +58,22 @@ def read_kvcache_tester(
     skip_bad: bool = False,
     name: str | None = None,
     session_rate_per_s: float = DEFAULT_SESSION_RATE_PER_S,
-    session_arrival: ArrivalProcess | None = None,
+    session_arrival: ArrivalProcess | str | None = None,
     seed: int = 0,
 ) -> Workload:
     """Read one session file or a folder of them; session starts come from `seed`.
 
-    `session_arrival` overrides the default Poisson process at `session_rate_per_s`. A bad
+    `session_arrival` overrides the default Poisson process at `session_rate_per_s` (an
+    `ArrivalProcess`, or a spec such as "gamma:cv=3" at that rate). A bad
     request inside a session is skipped under `skip_bad`; a session file that is not valid
     JSON is skipped whole (and counted once).
     """
     path = Path(path)
     files = session_files(path)
-    process = session_arrival or ArrivalProcess(session_rate_per_s, "poisson")
+    if isinstance(session_arrival, str):
+        process = parse_arrival(session_arrival, session_rate_per_s)
+    else:
+        process = session_arrival or ArrivalProcess(session_rate_per_s, "poisson")
     rng = np.random.default_rng(seed)
     # The first session starts at 0; later ones after the process's gaps.
     starts = np.concatenate(([0.0], process.times_s(rng, len(files) - 1))) if files else []
