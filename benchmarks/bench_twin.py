@@ -15,6 +15,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.request
 
@@ -59,6 +60,15 @@ def _short_workload() -> Workload:
     return Workload(requests, name="short", block_size=16)
 
 
+def _cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process (Linux /proc), 0 where unavailable."""
+    try:
+        fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _twin_stats(url: str) -> dict:
     with urllib.request.urlopen(url + "/twin/stats", timeout=10) as response:
         return json.loads(response.read())
@@ -70,9 +80,12 @@ def bench_streams() -> list[dict]:
         1, "llama-3.1-8b", "h100", time_scale=STREAM_TIME_SCALE, extra_args=extra
     ) as twins:
         url = twins[0].url
+        pid = twins[0].process.pid
+        cpu_before_s = _cpu_s(pid)
         started = time.perf_counter()
         result = run_bench(url, _streams_workload(), progress=False)
         wall_s = time.perf_counter() - started
+        twin_cpu_s = _cpu_s(pid) - cpu_before_s
         lag = _twin_stats(url)["lag"]
     summary = result.summary()
     tokens = summary["total_output_tokens"]
@@ -86,6 +99,8 @@ def bench_streams() -> list[dict]:
          "target": f">= {STREAMS}, exact lengths", "ok": summary["completed"] >= STREAMS and exact},
         {"name": "streamed tokens/s (one twin process)", "value": tokens / span_s, "unit": "tok/s",
          "target": ">= 2000", "ok": tokens / span_s >= 2000},
+        {"name": "twin CPU per streamed token", "value": twin_cpu_s / max(1, tokens) * 1e6,
+         "unit": "us", "target": "report (1e6/us = tok/s one core can stream)", "ok": None},
         {"name": "twin schedule lag p50", "value": lag["p50_s"] * 1000, "unit": "ms",
          "target": "report", "ok": None},
         {"name": "twin schedule lag p90", "value": lag["p90_s"] * 1000, "unit": "ms",

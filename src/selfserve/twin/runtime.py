@@ -20,6 +20,7 @@ import math
 import random
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -43,6 +44,10 @@ class LiveRequest:
     is_finished: bool = False
     waiter: asyncio.Future | None = None
     engine_request: object = None  # the engine's EngineRequest (its cache-hit count)
+    # Set by a streaming handler once its headers are out: writes new tokens synchronously
+    # from the engine loop (one syscall, no task switch per token); returns False when it
+    # cannot (back-pressure, closed socket) and the handler should take over.
+    sink: Callable[[LiveRequest], bool] | None = None
 
 
 @dataclass(slots=True)
@@ -210,6 +215,11 @@ class TwinRuntime:
                 itl.observe(gap_s)
                 tpot_legacy.observe(gap_s)
             live.last_token_wall_s = wall_s
+            sink = live.sink
+            if sink is not None:
+                if sink(live):
+                    continue  # written straight to the socket; no handler wake-up needed
+                live.sink = None  # back-pressure or a closed socket: the handler takes over
             if live.waiter is not None and not live.waiter.done():
                 live.waiter.set_result(None)
         self.metrics.generation_tokens.inc(emitted)

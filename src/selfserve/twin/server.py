@@ -253,32 +253,68 @@ class TwinApp:
         writer = ChunkWriter(
             live.request_id, twin_request.model, int(time.time()), twin_request.kind == "chat"
         )
-        sent = 0
+        direct = _DirectStream(request.transport, writer, twin_request.continuous_usage)
         while True:
-            emitted = live.emitted_tokens
-            if emitted > sent:
-                done = live.is_finished and emitted >= live.target_output_tokens
-                usage = (
-                    Usage(live.prompt_tokens, emitted, live.cached_tokens)
-                    if twin_request.continuous_usage
-                    else None
-                )
-                await response.write(
-                    writer.token_events(
-                        sent, emitted - sent, live.finish_reason if done else None, usage
-                    )
-                )
-                sent = emitted
-            if live.is_finished and sent >= live.emitted_tokens:
+            if live.sink is None:
+                emitted = live.emitted_tokens
+                if emitted > direct.sent:
+                    await response.write(direct.events(live, emitted))
+                    direct.sent = emitted
+                    # Headers are out with the first chunk: later tokens can go straight
+                    # from the engine loop to the socket.
+                    if not live.is_finished:
+                        live.sink = direct
+            if live.is_finished and direct.sent >= live.emitted_tokens:
                 break
             await self.runtime.wait(live)
+        live.sink = None
         if twin_request.include_usage:
-            usage = Usage(live.prompt_tokens, sent, live.cached_tokens)
+            usage = Usage(live.prompt_tokens, direct.sent, live.cached_tokens)
             await response.write(writer.usage_event(usage) + DONE_EVENT)
         else:
             await response.write(DONE_EVENT)
         await response.write_eof()
         return response
+
+
+DIRECT_WRITE_LIMIT_BYTES = 256 * 1024
+
+
+class _DirectStream:
+    """Writes a stream's new tokens as HTTP chunks straight to its transport."""
+
+    __slots__ = ("transport", "writer", "continuous_usage", "sent")
+
+    def __init__(self, transport, writer: ChunkWriter, continuous_usage: bool) -> None:
+        self.transport = transport
+        self.writer = writer
+        self.continuous_usage = continuous_usage
+        self.sent = 0
+
+    def events(self, live: LiveRequest, emitted: int) -> bytes:
+        done = emitted >= live.target_output_tokens
+        usage = (
+            Usage(live.prompt_tokens, emitted, live.cached_tokens)
+            if self.continuous_usage
+            else None
+        )
+        return self.writer.token_events(
+            self.sent, emitted - self.sent, live.finish_reason if done else None, usage
+        )
+
+    def __call__(self, live: LiveRequest) -> bool:
+        transport = self.transport
+        if (
+            transport is None
+            or transport.is_closing()
+            or transport.get_write_buffer_size() > DIRECT_WRITE_LIMIT_BYTES
+        ):
+            return False
+        emitted = live.emitted_tokens
+        data = self.events(live, emitted)
+        transport.write(b"%x\r\n%b\r\n" % (len(data), data))
+        self.sent = emitted
+        return True
 
 
 @dataclass(slots=True)
