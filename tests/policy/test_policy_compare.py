@@ -103,3 +103,17 @@ def test_unknown_policy_is_a_user_error(tiny_trace, capsys):
     )
     assert code == 2
     assert "unknown policy 'nope'" in capsys.readouterr().out
+
+
+def test_compress_makes_x1_the_trace_played_faster(tiny_trace):
+    from selfserve.cli.compare import Job, run_job
+
+    def job(rate_scale, compress):
+        return Job("least-loaded", str(tiny_trace), None, "1xh100/llama-3.1-8b", "ttft=2s,tpot=100ms",
+                   0, "fast", rate_scale, 4.0, 0.9, None, compress)  # fmt: skip
+
+    fast = run_job(job(1.0, 8.0))["summary"]
+    same = run_job(job(8.0, 1.0))["summary"]
+    plain = run_job(job(1.0, 1.0))["summary"]
+    assert fast["duration_s"] == same["duration_s"] < plain["duration_s"]
+    assert fast["ttft_p99_s"] == same["ttft_p99_s"]

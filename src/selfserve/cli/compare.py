@@ -225,7 +225,7 @@ def run_job(job: Job) -> dict[str, Any]:
         workload,
         cluster,
         job.policy,
-        rate_scale=job.rate_scale,
+        rate_scale=job.rate_scale * job.compress,
         seed=job.seed,
         slo=slo,
         mode=job.mode,
