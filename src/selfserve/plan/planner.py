@@ -59,6 +59,7 @@ class OptionPlan:
     at_growth: FleetMeasurement | None = None
     curve: tuple[FleetMeasurement, ...] = field(default_factory=tuple)
     reason: str = ""
+    num_simulations: int = 0
 
     @property
     def meets_slo(self) -> bool:
@@ -123,7 +124,15 @@ def evaluate_option(
         probe(1.0), max_replicas=settings.max_replicas, demand_output_tokens_per_s=demand
     )
     if search.replicas is None:
-        return OptionPlan(option, fit, price, price_reason, search=search, reason=search.reason)
+        return OptionPlan(
+            option,
+            fit,
+            price,
+            price_reason,
+            search=search,
+            reason=search.reason,
+            num_simulations=len(cache),
+        )
     replicas = search.replicas
     headroom = max_rate_multiplier(
         lambda scale: run(replicas, scale).attainment, rel_tol=settings.headroom_tol
@@ -161,6 +170,7 @@ def evaluate_option(
         reason=""
         if growth_search is None or growth_search.replicas is not None
         else f"at growth ×{settings.growth:g}: {growth_search.reason}",
+        num_simulations=len(cache),
     )
 
 

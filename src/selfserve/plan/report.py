@@ -239,6 +239,7 @@ def option_json(plan: OptionPlan) -> dict[str, Any]:
         "price": price,
         "price_reason": plan.price_reason,
         "meets_slo": plan.meets_slo,
+        "num_simulations": plan.num_simulations,
         "reason": plan.reason,
         "replica_search": (
             {str(k): v for k, v in sorted(plan.search.evaluations.items())} if plan.search else None
