@@ -114,6 +114,7 @@ def _selfserve(twin_urls: list[str]):
             {"name": f"twin{i}", "url": u, "models": [MODEL]} for i, u in enumerate(twin_urls)
         ],
         "policy": "round-robin",
+        "api_keys": ["sk-bench"],  # authenticated, as LiteLLM is
         "log": {"path": str(folder / "requests.jsonl")},  # the real deployment records
     }
     (folder / "gateway.yaml").write_text(yaml.safe_dump(config))
@@ -151,6 +152,7 @@ def _litellm(twin_urls: list[str]):
         ],
         "router_settings": {"routing_strategy": "simple-shuffle"},
         "litellm_settings": {"telemetry": False, "drop_params": True},
+        "general_settings": {"master_key": "sk-bench"},
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     command = [

@@ -42,6 +42,13 @@ _SSE_HEADERS = {
 _DONE = b"data: [DONE]\n\n"
 
 
+class _SseResponse(web.StreamResponse):
+    """A streaming response whose headers go out with the first events, not on their own:
+    one system call fewer per request (aiohttp's plain `Response` already does this)."""
+
+    _send_headers_immediately = False
+
+
 class ClientGone(Exception):
     """The client closed its connection while we were writing to it."""
 
@@ -176,7 +183,7 @@ class CompletionProxy:
                 if upstream.status != 200:
                     return await self._pass_error(upstream, outcome)
                 if features.stream:
-                    response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+                    response = _SseResponse(status=200, headers=_SSE_HEADERS)
                     await response.prepare(request)
                     await self._stream(
                         request, response, upstream, first_event, features, outcome, routed_id
@@ -229,7 +236,7 @@ class CompletionProxy:
         features: RequestFeatures,
         outcome: Outcome,
         arm: Arm,
-    ) -> tuple[str, UpstreamResponse, bytes | None]:
+    ) -> tuple[str, UpstreamResponse, list[bytes] | None]:
         loop = asyncio.get_running_loop()
         serving = set(self.pool.serving(features.model))
         tried: set[int] = set()
@@ -276,7 +283,7 @@ class CompletionProxy:
                 )
                 first_event = None
                 if features.stream and response.status == 200:
-                    first_event = await self._first_event(response, limits.first_byte_timeout_s)
+                    first_event = await self._first_batch(response, limits.first_byte_timeout_s)
                 return routed_id, response, first_event
             except (UpstreamUnavailable, UpstreamBroken) as exc:
                 if response is not None:
@@ -305,8 +312,8 @@ class CompletionProxy:
             kind="upstream",
         )
 
-    async def _first_event(self, response: UpstreamResponse, timeout_s: float) -> bytes:
-        events = response.events()
+    async def _first_batch(self, response: UpstreamResponse, timeout_s: float) -> list[bytes]:
+        events = response.event_batches()
         try:
             async with asyncio.timeout(timeout_s):
                 first = await anext(events)
@@ -353,7 +360,7 @@ class CompletionProxy:
         request: web.Request,
         response: web.StreamResponse,
         upstream: UpstreamResponse,
-        first_event: bytes | None,
+        first_batch: list[bytes] | None,
         features: RequestFeatures,
         outcome: Outcome,
         routed_id: str,
@@ -361,30 +368,36 @@ class CompletionProxy:
         loop = asyncio.get_running_loop()
         strip_usage = not features.client_wants_usage
         ttft_hist, itl_hist, _ = self.metrics.latency_children(outcome.backend, outcome.arm)
-        events = upstream.pending or upstream.events()
-        event = first_event
+        batches = upstream.pending or upstream.event_batches()
+        batch = first_batch
         saw_done = False
-        while event is not None:
-            forward = True
-            if event.startswith(b"data: "):
-                payload = event[6:].strip()
-                if payload == b"[DONE]":
-                    saw_done = True
-                else:
-                    forward = self._account_chunk(
-                        payload, outcome, routed_id, loop.time(), strip_usage, ttft_hist, itl_hist
-                    )
-            if forward:
-                try:
-                    await response.write(event)
-                except (ConnectionResetError, RuntimeError) as exc:
-                    raise ClientGone() from exc
-            if saw_done:
-                break
-            event = await anext(events, None)
-        if not saw_done:
-            raise UpstreamBroken(upstream.backend, "stream ended without [DONE]")
-        await response.write_eof()
+        while batch is not None:
+            now = loop.time()
+            forward = []
+            for event in batch:
+                if event.startswith(b"data: "):
+                    payload = event[6:].strip()
+                    if payload == b"[DONE]":
+                        saw_done = True
+                    elif not self._account_chunk(
+                        payload, outcome, routed_id, now, strip_usage, ttft_hist, itl_hist
+                    ):
+                        continue
+                forward.append(event)
+                if saw_done:
+                    break
+            data = b"".join(forward)
+            try:
+                if saw_done:
+                    # the last events and the end of the chunked body in one write
+                    await response.write_eof(data)
+                    return
+                if data:
+                    await response.write(data)
+            except (ConnectionResetError, RuntimeError) as exc:
+                raise ClientGone() from exc
+            batch = await anext(batches, None)
+        raise UpstreamBroken(upstream.backend, "stream ended without [DONE]")
 
     def _account_chunk(
         self,

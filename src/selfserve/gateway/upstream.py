@@ -47,7 +47,7 @@ class UpstreamResponse:
     status: int
     content_type: str
     raw: aiohttp.ClientResponse
-    pending: AsyncIterator[bytes] | None = None  # the event iterator, once reading began
+    pending: AsyncIterator[list[bytes]] | None = None  # the batch iterator, once reading began
 
     async def read(self) -> bytes:
         try:
@@ -55,18 +55,27 @@ class UpstreamResponse:
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise UpstreamBroken(self.backend, f"connection lost while reading: {exc!r}") from exc
 
-    async def events(self) -> AsyncIterator[bytes]:
-        """Yield each SSE event (bytes ending in a blank line) as soon as it is complete."""
+    async def event_batches(self) -> AsyncIterator[list[bytes]]:
+        """Yield the complete SSE events (each ending in a blank line) that have arrived.
+
+        One event per batch while the stream is slower than the gateway (token-by-token
+        pass-through); when several are already buffered they come together, so the
+        gateway forwards them in one write instead of one system call each.
+        """
         content = self.raw.content
+        pending = b""
         try:
             while True:
-                try:
-                    event = await content.readuntil(SSE_SEPARATOR)
-                except ValueError:  # an event longer than the reader's limit: fall back to chunks
-                    event = await content.readany()
-                if not event:
+                data = await content.readany()
+                if not data:
+                    if pending.strip():
+                        yield [pending]  # an unterminated last event: pass it on as is
                     return
-                yield event
+                pending += data
+                if SSE_SEPARATOR not in pending:
+                    continue
+                *complete, pending = pending.split(SSE_SEPARATOR)
+                yield [event + SSE_SEPARATOR for event in complete]
         except (aiohttp.ClientError, ConnectionError) as exc:
             raise UpstreamBroken(self.backend, f"connection lost mid-stream: {exc!r}") from exc
 
