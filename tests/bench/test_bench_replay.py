@@ -48,6 +48,12 @@ def test_replay_gets_exact_lengths_and_shared_prefix_hits(twin_url):
     assert summary["ttft_s"]["p99"] > 0 and summary["tpot_s"]["mean"] > 0
 
 
+@pytest.mark.parametrize("endpoint", ["completions", "chat"])
+def test_server_counts_exactly_the_traced_prompt_tokens(twin_url, endpoint):
+    result = run_bench(twin_url, _workload(3), progress=False, endpoint=endpoint)
+    assert [o.server_prompt_tokens for o in result.outcomes] == [64 * 3 + 10] * 3
+
+
 def test_session_turn_waits_for_previous_turn_and_think_time(twin_url):
     first = Request("s1", 0.0, 32, 40, session_id="s", turn=0)
     second = Request("s2", 0.0, 48, 2, session_id="s", turn=1, think_time_s=0.4)

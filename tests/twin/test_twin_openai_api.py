@@ -277,9 +277,11 @@ def test_metrics_use_vllm_names_and_count_requests(twin, client):
     assert _gauge(text, "vllm:prefix_cache_hits_total") >= 400  # from the shared-prefix test
 
 
-def test_overload_queues_requests_and_metrics_show_the_queue():
+def test_overload_queues_requests_and_metrics_show_the_queue(tmp_path):
     # 4 sequences at a time; 24 requests of 64 tokens each must wait, not fail.
-    with spawn_twins(1, MODEL, "h100", extra_args=["--max-num-seqs", "4"]) as twins:
+    lag_file = tmp_path / "lag.json"
+    extra = ["--max-num-seqs", "4", "--json", str(lag_file)]
+    with spawn_twins(1, MODEL, "h100", extra_args=extra) as twins:
         url = twins[0].url
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
 
@@ -301,3 +303,6 @@ def test_overload_queues_requests_and_metrics_show_the_queue():
             lengths = [f.result() for f in futures]
         assert lengths == [64] * 24
         assert peak_waiting >= 10
+    # on SIGTERM the twin writes its schedule-lag statistics
+    lag = json.loads(lag_file.read_text())["lag"]
+    assert lag["steps"] >= 24 * 64 // 4

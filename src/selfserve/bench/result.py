@@ -67,6 +67,7 @@ class RequestOutcome:
     itl_s: array = field(default_factory=lambda: array("d"))
     output_tokens: int = 0
     cached_tokens: int | None = None
+    server_prompt_tokens: int | None = None  # usage.prompt_tokens as the server counted them
     status: int | None = None
     error: str | None = None
 

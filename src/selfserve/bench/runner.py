@@ -131,6 +131,7 @@ class _StreamState:
         usage = chunk.get("usage")
         if usage:
             self.usage_tokens = usage.get("completion_tokens")
+            self.outcome.server_prompt_tokens = usage.get("prompt_tokens")
             details = usage.get("prompt_tokens_details") or {}
             if details.get("cached_tokens") is not None:
                 self.outcome.cached_tokens = int(details["cached_tokens"])
