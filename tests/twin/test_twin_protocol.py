@@ -25,7 +25,7 @@ keys = st.sampled_from(
 )  # fmt: skip
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(st.one_of(json_values, st.dictionaries(keys, json_values, max_size=6)))
 def test_any_body_is_a_request_or_a_4xx_error(body):
     for parse in (parse_completion, parse_chat):
