@@ -52,24 +52,32 @@ def _check_fraction(name: str, value: float) -> None:
         raise ValueError(f"{name} must be within [0, 1], got {value}")
 
 
+def _at(w: Workload, frac: float) -> float:
+    """The time at `frac` of the span; exactly the last arrival at 1.0 (no rounding)."""
+    if frac >= 1.0 and w.requests:
+        return w.requests[-1].arrival_s
+    return w.start_s + frac * w.span_s
+
+
 def time_window(w: Workload, start_frac: float, end_frac: float) -> Workload:
-    """Requests arriving in [start, end) of the span, as fractions (end 1.0 is inclusive)."""
+    """Requests arriving in [start, end) of the span, as fractions ([start, 1.0] closes)."""
     _check_fraction("start_frac", start_frac)
     _check_fraction("end_frac", end_frac)
     if end_frac < start_frac:
         raise ValueError(f"end_frac ({end_frac}) must be >= start_frac ({start_frac})")
-    lo = w.start_s + start_frac * w.span_s
-    hi = w.start_s + end_frac * w.span_s
-    requests = [
-        r for r in w.requests if lo <= r.arrival_s < hi or (end_frac == 1.0 and r.arrival_s == hi)
-    ]
+    lo = _at(w, start_frac)
+    hi = _at(w, end_frac)
+    # The last window [x, 1] closes on the final arrival; a zero-width window is empty, so
+    # adjacent windows cover each request exactly once.
+    closes = end_frac == 1.0 and start_frac < 1.0
+    requests = [r for r in w.requests if lo <= r.arrival_s < hi or (closes and r.arrival_s == hi)]
     return _derived(w, requests, f"{w.name}[{start_frac:g}:{end_frac:g}]")
 
 
 def split_by_time(w: Workload, frac: float = 0.5) -> tuple[Workload, Workload]:
     """(train, held-out): requests before and from `frac` of the span on. Nothing is lost."""
     _check_fraction("frac", frac)
-    cut = w.start_s + frac * w.span_s
+    cut = _at(w, frac)
     index = int(np.searchsorted([r.arrival_s for r in w.requests], cut, side="left"))
     if frac == 1.0:
         index = len(w.requests)
