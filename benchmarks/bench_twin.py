@@ -6,10 +6,10 @@
    rate a real replica of a big model streams. Figures: streamed tokens/s, the twin's
    schedule lag (how late each engine step's tokens went out) p50/p99, and whether every
    stream finished with its exact length.
-2. `bench` from one process drives short requests (1 prompt block, 2 output tokens) at a
-   target of 1,500 req/s against two twins running 1000x faster than real time (so the
-   servers are not the limit); figures: completed requests/s, the client's CPU time per
-   request (what one core could drive), and the client's send lag.
+2. `bench` from one process drives short requests (16 prompt tokens, 2 output tokens) at
+   1,500 req/s against a minimal canned SSE server in another process (so the server is
+   not the limit: this measures the load generator); figures: completed requests/s, the
+   client's CPU time per request (what one core could drive), and its send lag.
 """
 
 from __future__ import annotations
@@ -112,11 +112,74 @@ def bench_streams() -> list[dict]:
     ]  # fmt: skip
 
 
+_CANNED_BODY = (
+    b'data: {"id":"c","object":"text_completion","created":0,"model":"m","choices":[{"index":0,'
+    b'"text":" a","logprobs":null,"finish_reason":null,"stop_reason":null}]}\n\n'
+    b'data: {"id":"c","object":"text_completion","created":0,"model":"m","choices":[{"index":0,'
+    b'"text":" b","logprobs":null,"finish_reason":"length","stop_reason":null}]}\n\n'
+    b'data: {"id":"c","object":"text_completion","created":0,"model":"m","choices":[],'
+    b'"usage":{"prompt_tokens":16,"completion_tokens":2,"total_tokens":18}}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+def _serve_canned(port_pipe) -> None:
+    """A minimal keep-alive HTTP server answering every POST with the same 2-token SSE
+    stream: a target that costs next to nothing, so the figure measures the client."""
+    import asyncio
+
+    import uvloop
+
+    response = (
+        b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nContent-Length: %d\r\n\r\n"
+        % len(_CANNED_BODY)
+    ) + _CANNED_BODY
+
+    class Canned(asyncio.Protocol):
+        def connection_made(self, transport) -> None:
+            self.transport = transport
+            self.buffer = b""
+
+        def data_received(self, data: bytes) -> None:
+            self.buffer += data
+            while True:
+                end = self.buffer.find(b"\r\n\r\n")
+                if end < 0:
+                    return
+                head = self.buffer[:end].lower()
+                at = head.find(b"content-length:")
+                length = int(head[at + 15 :].split(b"\r\n")[0]) if at >= 0 else 0
+                if len(self.buffer) < end + 4 + length:
+                    return
+                self.buffer = self.buffer[end + 4 + length :]
+                self.transport.write(response)
+
+    async def main() -> None:
+        server = await asyncio.get_running_loop().create_server(
+            Canned, "127.0.0.1", 0, backlog=4096
+        )
+        port_pipe.send(server.sockets[0].getsockname()[1])
+        await asyncio.Event().wait()
+
+    uvloop.run(main())
+
+
 def bench_request_rate() -> list[dict]:
-    with spawn_twins(2, "llama-3.1-8b", "h100", time_scale=1000.0) as twins:
+    import multiprocessing
+
+    receive, send = multiprocessing.Pipe(duplex=False)
+    server = multiprocessing.get_context("fork").Process(
+        target=_serve_canned, args=(send,), daemon=True
+    )
+    server.start()
+    try:
+        url = f"http://127.0.0.1:{receive.recv()}"
         cpu_started_s = time.process_time()
-        result = run_bench([t.url for t in twins], _short_workload(), progress=False)
+        result = run_bench(url, _short_workload(), progress=False, model="m")
         cpu_s = time.process_time() - cpu_started_s
+    finally:
+        server.terminate()
+        server.join(5)
     summary = result.summary()
     return [
         {"name": "bench short requests/s (one process)", "value": summary["request_throughput_rps"],
