@@ -62,7 +62,7 @@ class EngineReplica:
         self.energy_j = 0.0
         self._stable_decode = False  # the next step decodes the running batch unchanged
         self._plan: DecodePlan | None = None  # a lazy run of such steps (fast mode)
-        self._decode_coeffs: dict[int, tuple[float, float]] = {}
+        self._decode_coeffs: dict[int, tuple[float, float, float, float]] = {}
         if hasattr(perf, "step_cost"):
             self._step_cost = _cost_from_step_cost(perf)
         else:
@@ -276,7 +276,7 @@ class EngineReplica:
         coeffs = self._decode_coeffs.get(batch_size)
         if coeffs is None:
             coeffs = self._decode_coeffs[batch_size] = decode_coefficients(self.perf, batch_size)
-        alpha, beta = coeffs
+        alpha, beta = coeffs[0], coeffs[1]
         start_s = self.clock_s
         if alpha == alpha:  # affine: the perf model's own closed form, summed here
             q = max_steps - 1
@@ -313,26 +313,34 @@ class EngineReplica:
         sched = self.scheduler
         running = sched.running
         block_size = self.config.block_size
-        if steps == plan.max_steps:
-            cost_time_s = plan.end_s - plan.start_s
-            energy_j = self.perf.decode_stretch(
-                plan.batch_size, plan.context_tokens, steps
-            ).energy_j
+        b, context = plan.batch_size, plan.context_tokens
+        alpha_s, beta_s, alpha_j, beta_j = self._decode_coeffs[b]
+        if alpha_s == alpha_s:  # affine: closed-form sums (as PerfModel.decode_stretch)
+            context_sum = steps * context + b * (steps * (steps - 1) // 2)
+            if steps == plan.max_steps:
+                cost_time_s = plan.end_s - plan.start_s
+            else:
+                cost_time_s = steps * alpha_s + beta_s * context_sum
+            energy_j = steps * alpha_j + beta_j * context_sum
         else:
-            cost = self.perf.decode_stretch(plan.batch_size, plan.context_tokens, steps)
+            cost = self.perf.decode_stretch(b, context, steps)
             cost_time_s, energy_j = cost.time_s, cost.energy_j
         end_s = plan.start_s + cost_time_s
-        sched.ledger.allocate(new_blocks(plan.slacks, steps, block_size))
         finished: list[EngineRequest] = []
-        for req, slack in zip(running, plan.slacks, strict=True):
+        total_new_blocks = 0
+        slacks = plan.slacks
+        for i, req in enumerate(running):
+            slack = slacks[i]
             if steps > slack:
                 extra = (steps - slack + block_size - 1) // block_size
                 req.plain_blocks += extra
                 req.held_blocks += extra
+                total_new_blocks += extra
             req.num_computed_tokens += steps
             req.num_emitted_tokens += steps
             if req.num_emitted_tokens >= req.output_tokens:
                 finished.append(req)
+        sched.ledger.allocate(total_new_blocks)
         sched.generation_tokens += steps * plan.batch_size
         self.num_steps += steps
         self.busy_s += cost_time_s

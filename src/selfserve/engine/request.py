@@ -86,6 +86,11 @@ class EngineRequest:
 
     def prepare(self, block_size: int) -> None:
         """Build the unit layout for an engine with `block_size`-token blocks."""
+        self.prompt_total = self.prompt_tokens + self.media_tokens
+        if not self.block_hashes and not self.media_hashes:
+            self.unit_hashes, self.unit_end_tokens, self.unit_end_blocks = [], [], []
+            self.units_end_tokens = self.units_end_blocks = 0
+            return
         units, unit_tokens = hash_units(
             self.block_hashes, self.hash_block_tokens or block_size, block_size
         )
@@ -116,7 +121,6 @@ class EngineRequest:
         self.unit_end_blocks = end_blocks
         self.units_end_tokens = ends[-1] if ends else 0
         self.units_end_blocks = end_blocks[-1] if end_blocks else 0
-        self.prompt_total = self.prompt_tokens + self.media_tokens
 
     def blocks_for(self, num_tokens: int, block_size: int) -> int:
         """KV blocks needed to hold the first `num_tokens` tokens of this request."""

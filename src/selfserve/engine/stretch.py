@@ -54,19 +54,23 @@ class DecodePlan:
         return min(math.ceil(root), self.max_steps)
 
 
-def decode_coefficients(perf, batch_size: int) -> tuple[float, float]:
-    """(alpha, beta) of a decode step of `batch_size`, or (nan, nan) if the perf model's
-    decode time is not affine in the total context (then searches use exact sums)."""
-    alpha = perf.decode_step_time_s(batch_size, 0)
+def decode_coefficients(perf, batch_size: int) -> tuple[float, float, float, float]:
+    """(alpha_s, beta_s, alpha_j, beta_j): one decode step of `batch_size` sequences costs
+    alpha + beta x total context in time and in energy; all nan if the perf model's decode
+    cost is not affine in the context (then plans use its exact sums)."""
     far = 1 << 30
-    beta = (perf.decode_step_time_s(batch_size, far) - alpha) / far
+    near = perf.decode_stretch(batch_size, 0, 1)
+    wide = perf.decode_stretch(batch_size, far, 1)
+    alpha_s, alpha_j = near.time_s, near.energy_j
+    beta_s = (wide.time_s - alpha_s) / far
+    beta_j = (wide.energy_j - alpha_j) / far
     probe_context, probe_steps = 4096 * batch_size, 9
-    exact = perf.decode_stretch(batch_size, probe_context, probe_steps).time_s
+    exact = perf.decode_stretch(batch_size, probe_context, probe_steps)
     context_sum = probe_steps * probe_context + batch_size * probe_steps * (probe_steps - 1) // 2
-    model = probe_steps * alpha + beta * context_sum
-    if abs(model - exact) > 1e-9 * max(exact, 1e-12):
-        return math.nan, math.nan
-    return alpha, beta
+    for alpha, beta, value in ((alpha_s, beta_s, exact.time_s), (alpha_j, beta_j, exact.energy_j)):
+        if abs(probe_steps * alpha + beta * context_sum - value) > 1e-9 * max(abs(value), 1e-12):
+            return math.nan, math.nan, math.nan, math.nan
+    return alpha_s, beta_s, alpha_j, beta_j
 
 
 def block_slack(req: EngineRequest, block_size: int) -> int:
