@@ -218,3 +218,13 @@ def test_rehash_maps_trace_blocks_onto_engine_blocks():
     assert rehash_blocks(tuple(range(1, 9)), 16, 64) == (4, 8)
     # equal leading trace blocks give equal leading engine blocks
     assert rehash_blocks((10, 21), 64, 16)[:4] == engine[:4]
+
+
+def test_misaligned_trace_blocks_group_to_whole_engine_blocks():
+    from selfserve.engine import hash_units
+
+    assert hash_units((1, 2, 3), 512, 16) == ((1, 2, 3), 512)
+    # 48-token trace blocks on 32-token engine blocks: units of lcm = 96 tokens
+    assert hash_units((1, 2, 3, 4, 5), 48, 32) == ((2, 4), 96)
+    # 8-token trace blocks on 16-token engine blocks: every second hash
+    assert hash_units((1, 2, 3, 4), 8, 16) == ((2, 4), 16)

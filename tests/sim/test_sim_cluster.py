@@ -215,3 +215,19 @@ def test_fast_matches_step_on_a_mooncake_slice():
     for f, s in zip(fast.records, step.records, strict=True):
         assert f.replica == s.replica
         assert f.e2e_s == pytest.approx(s.e2e_s, rel=1e-9, abs=1e-9)
+
+
+def test_fresh_metrics_every_arrival_also_match_between_modes():
+    w = synthetic(150, rate=40.0)
+    fast = simulate(w, "3xh100/llama-3.1-8b", "least-kv", scrape_interval_s=0.0)
+    step = simulate(w, "3xh100/llama-3.1-8b", "least-kv", scrape_interval_s=0.0, mode="step")
+    assert [r.replica for r in fast.records] == [r.replica for r in step.records]
+    for f, s in zip(fast.records, step.records, strict=True):
+        assert f.e2e_s == pytest.approx(s.e2e_s, rel=1e-9, abs=1e-9)
+
+
+def test_duplicate_request_ids_are_kept_apart():
+    reqs = [Request("same", 0.0, 100, 5), Request("same", 0.01, 100, 5)]
+    result = simulate(Workload(reqs), "1xh100/llama-3.1-8b", "round-robin")
+    assert [r.request_id for r in result.records] == ["same", "same#2"]
+    assert all(r.rejected is None for r in result.records)
