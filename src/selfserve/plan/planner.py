@@ -17,6 +17,7 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field, replace
 
 from selfserve.catalog.accelerators import Price
+from selfserve.plan.bounds import best_case_attainment
 from selfserve.plan.measure import FleetMeasurement, measure_fleet
 from selfserve.plan.options import DeploymentOption, FitCheck
 from selfserve.plan.search import (
@@ -60,6 +61,7 @@ class OptionPlan:
     curve: tuple[FleetMeasurement, ...] = field(default_factory=tuple)
     reason: str = ""
     num_simulations: int = 0
+    best_case_attainment: float | None = None  # idle replicas, infinite prefix cache
 
     @property
     def meets_slo(self) -> bool:
@@ -96,6 +98,15 @@ def evaluate_option(
     if not fit.fits:
         return OptionPlan(option, fit, price, price_reason, reason=f"does not fit: {fit.reason}")
     slo = SLO.parse(settings.slo)
+    best_case = best_case_attainment(workload, option, slo.ttft_s)
+    if best_case < ATTAINMENT_TARGET:
+        reason = (
+            f"no fleet size meets the SLO: even on idle replicas with every earlier prefix "
+            f"cached, only {best_case:.1%} of requests prefill within TTFT ≤ {slo.ttft_s:g} s"
+        )
+        return OptionPlan(
+            option, fit, price, price_reason, reason=reason, best_case_attainment=best_case
+        )
     cache: dict[tuple[int, float], FleetMeasurement] = {}
 
     def run(replicas: int, rate_scale: float) -> FleetMeasurement:
@@ -132,6 +143,7 @@ def evaluate_option(
             search=search,
             reason=search.reason,
             num_simulations=len(cache),
+            best_case_attainment=best_case,
         )
     replicas = search.replicas
     headroom = max_rate_multiplier(
@@ -171,6 +183,7 @@ def evaluate_option(
         if growth_search is None or growth_search.replicas is not None
         else f"at growth ×{settings.growth:g}: {growth_search.reason}",
         num_simulations=len(cache),
+        best_case_attainment=best_case,
     )
 
 

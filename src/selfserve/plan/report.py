@@ -240,6 +240,7 @@ def option_json(plan: OptionPlan) -> dict[str, Any]:
         "price_reason": plan.price_reason,
         "meets_slo": plan.meets_slo,
         "num_simulations": plan.num_simulations,
+        "best_case_attainment": plan.best_case_attainment,
         "reason": plan.reason,
         "replica_search": (
             {str(k): v for k, v in sorted(plan.search.evaluations.items())} if plan.search else None
