@@ -17,6 +17,9 @@ from dataclasses import dataclass
 import orjson
 from aiohttp import web
 
+from selfserve.catalog import get_model
+from selfserve.engine import EngineConfig, EngineReplica, EngineRequest
+from selfserve.perf import PerfModel
 from selfserve.twin.errors import ApiError, context_length_error
 from selfserve.twin.metrics import TwinMetrics
 from selfserve.twin.protocol import TwinRequest, parse_chat, parse_completion
@@ -59,10 +62,6 @@ class TwinApp:
     """Request handling for one twin; owns the runtime (engine model + pacing task)."""
 
     def __init__(self, config: TwinConfig) -> None:
-        from selfserve.catalog import get_model
-        from selfserve.engine import EngineConfig, EngineReplica
-        from selfserve.perf import PerfModel
-
         self.config = config
         self.perf = PerfModel.create(config.model, config.hardware, tp=config.tp)
         self.model_spec = get_model(config.model)
@@ -173,8 +172,6 @@ class TwinApp:
         )
 
     async def _generate(self, request: web.Request, parser, id_prefix: str) -> web.StreamResponse:
-        from selfserve.engine import EngineRequest
-
         arrival_wall_s = time.perf_counter()
         runtime = self.runtime
         try:
@@ -341,16 +338,5 @@ async def start_twin(config: TwinConfig, *, host: str = "127.0.0.1", port: int =
     await runner.setup()
     site = web.TCPSite(runner, host, port, backlog=4096)
     await site.start()
-    bound_port = site._server.sockets[0].getsockname()[1]  # the OS-chosen port when port=0
+    bound_port = runner.addresses[0][1]  # the OS-chosen port when port=0
     return RunningTwin(twin_app, runner, host, bound_port)
-
-
-async def serve_forever(config: TwinConfig, *, host: str, port: int, on_ready=None) -> None:
-    """Run a twin until cancelled (the CLI's main)."""
-    twin = await start_twin(config, host=host, port=port)
-    if on_ready is not None:
-        on_ready(twin)
-    try:
-        await asyncio.Event().wait()
-    finally:
-        await twin.stop()
