@@ -30,6 +30,11 @@ class RequestRecord:
     rejected: str | None = None
 
     @property
+    def route(self) -> int:
+        """The replica index the router chose (contract C's name for `replica`)."""
+        return self.replica
+
+    @property
     def is_ok(self) -> bool:
         return self.rejected is None
 
@@ -118,6 +123,7 @@ class SimResult:
             "output_throughput": out_tokens / duration,
             "total_token_throughput": (in_tokens + out_tokens) / duration,
             "slo_attainment": len(good) / len(records) if records else 0.0,
+            "attainment": len(good) / len(records) if records else 0.0,  # contract alias
             "goodput_rps": len(good) / duration,
             "goodput_output_tokens_per_s": sum(r.output_tokens for r in good) / duration,
             "ttft_mean_s": _mean(ttft),
@@ -140,6 +146,7 @@ class SimResult:
             "energy_j": energy,
             "joules_per_token": energy / out_tokens if out_tokens else 0.0,
             "tokens_per_mwh": out_tokens / (energy / J_PER_MWH) if energy > 0 else 0.0,
+            "tokens_per_mw_s": out_tokens / (energy / 1e6) if energy > 0 else 0.0,
             "cost_usd": cost,
             "cost_per_million_tokens": cost / out_tokens * 1e6 if out_tokens else 0.0,
             "replicas": [
