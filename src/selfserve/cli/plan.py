@@ -144,8 +144,8 @@ def handle(args: argparse.Namespace) -> int:
         summary_lines,
         terminal_notes,
         terminal_tables,
-        write_html,
     )
+    from selfserve.plan.report_html import write_html
 
     cards, tps, dtypes = _validate(args)
     try:

@@ -1,10 +1,7 @@
-"""Rendering a plan: the option table (terminal and HTML), the JSON payload, the HTML report.
+"""Rendering a plan as text: the option rows, the terminal tables and notes, the JSON.
 
-Only rendering lives here; every number comes from `PlanResult`. The HTML report plots each
-option's InferenceMAX curve (output tokens/s per GPU against tokens/s per user) with its
-precision and parallelism in the legend, marks the cheapest option that meets the SLO, and
-lists the matched-interactivity comparison so no option's best point is set against
-another's worst.
+Only rendering lives here; every number comes from `PlanResult`. The HTML report and its
+InferenceMAX plot are in `report_html`.
 """
 
 from __future__ import annotations
@@ -15,7 +12,6 @@ from typing import Any
 from selfserve.plan.fleet_plan import PlanResult
 from selfserve.plan.planner import OptionPlan
 from selfserve.plan.prices import price_label
-from selfserve.plan.sweep import curve_points
 
 OPTION_HEADERS: tuple[str, ...] = (
     "option",
@@ -35,7 +31,7 @@ OPTION_HEADERS: tuple[str, ...] = (
 )
 
 
-def _money(value: float | None) -> str:
+def money(value: float | None) -> str:
     if value is None or not math.isfinite(value):
         return "–"
     if value >= 100:
@@ -74,15 +70,15 @@ def option_row(plan: OptionPlan, growth: float) -> list[str]:
         plan.option.label,
         str(m.replicas),
         str(m.num_gpus),
-        _money(econ.usd_per_hour),
-        _money(econ.usd_per_million_output_tokens),
-        _money(econ.usd_per_million_total_tokens),
+        money(econ.usd_per_hour),
+        money(econ.usd_per_million_output_tokens),
+        money(econ.usd_per_million_total_tokens),
         f"{econ.output_tokens_per_mwh / 1e6:,.2f}M",
         f"{econ.joules_per_output_token:,.2f}",
         f"{m.attainment:.1%}",
         f"{'≥' if capped else ''}{headroom:.2f}×",
         growth_gpus,
-        _money(plan.usd_per_hour_at_growth) if growth != 1.0 else "n/a",
+        money(plan.usd_per_hour_at_growth) if growth != 1.0 else "n/a",
         price,
         plan.reason,
     ]
@@ -142,7 +138,7 @@ def summary_lines(result: PlanResult) -> list[str]:
         econ = m.economics(best.price.usd_per_gpu_hour if best.price else None)
         lines.append(
             f"cheapest meeting the SLO: {m.replicas} × {best.option.label} = {m.num_gpus} GPUs, "
-            f"{_money(econ.usd_per_hour)}/h, {_money(econ.usd_per_million_output_tokens)} per M "
+            f"{money(econ.usd_per_hour)}/h, {money(econ.usd_per_million_output_tokens)} per M "
             f"output tokens, {econ.output_tokens_per_mwh / 1e6:,.2f}M output tokens/MWh, "
             f"headroom {best.headroom.multiplier if best.headroom else math.nan:.2f}×"
         )
@@ -154,7 +150,7 @@ def summary_lines(result: PlanResult) -> list[str]:
             lines.append(
                 f"cheapest at ×{result.growth:g} growth: {grown.at_growth.replicas} × "
                 f"{grown.option.label} = {grown.at_growth.num_gpus} GPUs, "
-                f"{_money(grown.usd_per_hour_at_growth)}/h"
+                f"{money(grown.usd_per_hour_at_growth)}/h"
             )
     return lines
 
@@ -281,119 +277,3 @@ def plan_json(result: PlanResult) -> dict[str, Any]:
             for p in result.matched
         ],
     }
-
-
-_TP_MARKERS = {1: "o", 2: "s", 4: "^", 8: "D"}
-
-
-def curve_figure(result: PlanResult):
-    """The InferenceMAX plot (a matplotlib Figure), or None when no option has a curve."""
-    from selfserve.report.html import new_figure
-
-    curves = [(p, curve_points(p.curve)) for p in result.options if p.curve]
-    if not curves:
-        return None
-    fig, ax = new_figure(9.0, 5.0)
-    cards = list(dict.fromkeys(plan.option.hardware for plan, _ in curves))
-    colors = {card: f"C{i % 10}" for i, card in enumerate(cards)}
-    best = result.cheapest
-    for plan, points in curves:
-        ordered = sorted(points, key=lambda pt: pt.tokens_per_s_per_user)
-        is_best = best is not None and plan.option == best.option
-        option = plan.option
-        label = f"{option.hardware} TP{option.tp} {option.weight_dtype} ×{plan.replicas}"
-        ax.plot(
-            [pt.tokens_per_s_per_user for pt in ordered],
-            [pt.output_tokens_per_s_per_gpu for pt in ordered],
-            marker=_TP_MARKERS.get(option.tp, "v"),
-            markersize=4,
-            color=colors[option.hardware],
-            lw=2.6 if is_best else 1.0,
-            label=label + (" ★ cheapest" if is_best else ""),
-        )
-        if is_best and plan.at_rate is not None:
-            ax.scatter(
-                [plan.at_rate.tokens_per_s_per_user],
-                [plan.at_rate.output_tokens_per_s_per_gpu],
-                s=260,
-                marker="*",
-                color=colors[option.hardware],
-                edgecolor="black",
-                zorder=5,
-            )
-    tpot_s = _slo_tpot_s(result.slo)
-    if tpot_s:
-        ax.axvline(1.0 / tpot_s, color="grey", ls="--", lw=1)
-    ax.set_xlabel("interactivity: output tokens/s per user (1 / median TPOT)")
-    ax.set_ylabel("output tokens/s per GPU")
-    ax.set_title(
-        f"{result.model}: throughput per GPU vs interactivity, swept over load", fontsize=9
-    )
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    return fig
-
-
-def _slo_tpot_s(slo_text: str) -> float | None:
-    from selfserve.sim import SLO
-
-    return SLO.parse(slo_text).tpot_s
-
-
-def write_html(result: PlanResult, path: str) -> None:
-    from selfserve.report.html import HtmlReport
-
-    report = HtmlReport(f"selfserve plan: {result.model} on {result.workload_name}")
-    for line in summary_lines(result):
-        report.paragraph(line)
-    report.heading("Options at the recorded rate")
-    report.paragraph(
-        "Each row is the fewest replicas of one card × tensor-parallel degree × weight precision "
-        "whose simulated SLO attainment is ≥ 90%. Costs are fleet $/h ÷ (tokens/s × 3,600) × 10⁶ "
-        "at the stated $/GPU-hour; energy is the simulator's power model over the window. "
-        "Headroom is the largest arrival-rate multiplier the same fleet still serves.",
-        "note",
-    )
-    report.table(OPTION_HEADERS, [option_row(p, result.growth) for p in result.options])
-    fig = curve_figure(result)
-    if fig is not None:
-        report.heading("InferenceMAX view: throughput per GPU vs interactivity")
-        report.figure(fig)
-        report.paragraph(
-            "Each curve is one fleet (the SLO-sized replica count) under the workload's own "
-            "arrivals scaled from 15% of its capacity to past it; colour = card, marker = "
-            "TP, the legend gives precision and replicas. The star is the cheapest option at "
-            "the recorded rate; the dashed line is the interactivity the TPOT target asks for.",
-            "note",
-        )
-    if result.matched:
-        report.heading("Matched interactivity")
-        report.paragraph(
-            "Throughput per GPU and $/M output tokens at interactivity levels every option's "
-            "curve reaches (interpolated on its frontier) — like-for-like, never one system's "
-            "best point against another's worst.",
-            "note",
-        )
-        rows = [
-            [
-                p.label,
-                f"{p.tokens_per_s_per_user:.1f}",
-                "beyond curve"
-                if p.output_tokens_per_s_per_gpu is None
-                else f"{p.output_tokens_per_s_per_gpu:,.0f}",
-                _money(p.usd_per_million_output_tokens),
-            ]
-            for p in result.matched
-        ]
-        report.table(("option", "tok/s/user", "out tok/s/GPU", "$/M out"), rows)
-    skipped = [p for p in result.options if not p.fit.fits]
-    if skipped:
-        report.heading("Options skipped")
-        report.table(
-            ("option", "needs GB", "has GB", "why"),
-            [
-                [p.option.label, p.fit.memory_needed_gb, p.fit.memory_available_gb, p.fit.reason]
-                for p in skipped
-            ],
-        )
-    report.write(path)
