@@ -186,3 +186,13 @@ def test_full_traces_match_their_published_counts():
     ragpulse = load_workload(SHARED / "ragpulse")
     assert len(ragpulse) == 7106 and len({r.session_id for r in ragpulse}) == 3990
     assert len(load_workload(SHARED / "kv-cache-tester/traces")) == 3330
+
+
+def test_mooncake_spread_ties_spreads_quantised_timestamps_evenly(tmp_path):
+    trace = write_lines(
+        tmp_path / "t.jsonl",
+        [mooncake_line(0, 10, 1, [0]) for _ in range(3)] + [mooncake_line(3000, 10, 1, [0])],
+    )
+    assert [r.arrival_s for r in load_workload(trace)] == [0.0, 0.0, 0.0, 3.0]
+    spread = load_workload(trace, spread_ties=True)
+    assert [r.arrival_s for r in spread] == pytest.approx([0.0, 1.0, 2.0, 3.0])

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import orjson
 
 from selfserve.workload.errors import TraceFormatError
@@ -78,14 +79,41 @@ def _explain(record: object, line_no: int, ctx: ReadContext, block_size: int) ->
     )
 
 
+def spread_equal_times(times: list[float]) -> list[float]:
+    """Spread runs of equal (sorted) times evenly up to the next distinct time.
+
+    The last run spreads over the median gap between distinct times.
+    """
+    if len(times) < 2:
+        return list(times)
+    t = np.asarray(times, dtype=np.float64)
+    order = np.argsort(t, kind="stable")
+    sorted_t = t[order]
+    distinct, first, counts = np.unique(sorted_t, return_index=True, return_counts=True)
+    gaps = np.diff(distinct)
+    width = np.append(gaps, np.median(gaps) if len(gaps) else 0.0)
+    rank = np.arange(len(sorted_t)) - np.repeat(first, counts)
+    spread = sorted_t + rank * np.repeat(width / counts, counts)
+    out = np.empty_like(spread)
+    out[order] = spread
+    return out.tolist()
+
+
 def read_mooncake(
     path: str | Path,
     *,
     skip_bad: bool = False,
     name: str | None = None,
     block_size: int = MOONCAKE_BLOCK_TOKENS,
+    spread_ties: bool = False,
 ) -> Workload:
-    """Read a Mooncake trace; `block_size` is the tokens per hash id (512 in the release)."""
+    """Read a Mooncake trace; `block_size` is the tokens per hash id (512 in the release).
+
+    The conversation trace's timestamps are quantised to about 3 s (up to 28 requests share
+    one). `spread_ties=True` spreads each group of equal timestamps evenly over the gap to
+    the next distinct timestamp (deterministic, order kept) instead of replaying them as
+    one synchronised burst.
+    """
     path = Path(path)
     ctx = ReadContext(path, skip_bad)
     times: list[float] = []
@@ -120,6 +148,8 @@ def read_mooncake(
             lines.append(line_no)
             continue
         ctx.bad(_explain(record, line_no, ctx, block_size))
+    if spread_ties:
+        times = spread_equal_times(times)
     hashes = chain_rows(id_rows)
     stem = path.stem
     requests = [
