@@ -37,6 +37,23 @@ OPEN_RATE = 200.0
 DURATION_S = float(os.environ.get("SELFSERVE_BENCH_GATEWAY_SECONDS", "5"))
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU of `pid` and its descendants (Linux /proc): the proxy's own cost,
+    which, unlike latency, does not depend on what else the machine is running."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    total, stack = 0.0, [pid]
+    while stack:
+        current = stack.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / ticks
+            for task in Path(f"/proc/{current}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -73,7 +90,7 @@ def _process(
             raise RuntimeError(
                 f"{Path(command[0]).name}: {exc}; log {log.name}: {Path(log.name).read_text()[-400:]}"
             ) from exc
-        yield
+        yield process
     finally:
         process.terminate()
         try:
@@ -101,7 +118,9 @@ def _load(urls: list[str], mode: str) -> dict:
         "--rate",
         str(OPEN_RATE),
     ]
-    out = subprocess.run(command, capture_output=True, timeout=DURATION_S * 6 + 60, check=True)
+    out = subprocess.run(command, capture_output=True, timeout=DURATION_S * 6 + 60)
+    if out.returncode != 0:
+        raise RuntimeError(f"load generator failed: {out.stderr.decode(errors='replace')[-300:]}")
     return orjson.loads(out.stdout.splitlines()[-1])
 
 
@@ -232,8 +251,12 @@ def measure() -> dict[str, dict]:
                 results[name] = {"error": context}
                 continue
             try:
-                with context:
-                    results[name] = {"closed": _load([url], "closed"), "open": _load([url], "open")}
+                with context as process:
+                    cpu_s = _cpu_seconds(process.pid)
+                    closed = _load([url], "closed")
+                    cpu_s = _cpu_seconds(process.pid) - cpu_s
+                    closed["cpu_us_per_request"] = cpu_s / max(closed["completed"], 1) * 1e6
+                    results[name] = {"closed": closed, "open": _load([url], "open")}
             except (RuntimeError, subprocess.SubprocessError, OSError) as exc:
                 results[name] = {"error": str(exc)[:300]}
     return results
@@ -256,6 +279,7 @@ def run() -> list[dict]:
             continue
         closed, opened = result["closed"], result["open"]
         rows.append(_row(f"{name}: sustained rate (32 clients)", closed["req_per_s"], "req/s"))
+        rows.append(_row(f"{name}: proxy CPU per request", closed["cpu_us_per_request"], "us"))
         rows.append(
             _row(
                 f"{name}: added e2e p50 at {OPEN_RATE:g} req/s",

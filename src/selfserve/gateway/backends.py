@@ -45,6 +45,7 @@ class BackendPool:
                 b,
                 connect_timeout_s=config.limits.connect_timeout_s,
                 max_connections=config.limits.max_connections_per_backend,
+                read_timeout_s=config.limits.first_byte_timeout_s,
             )
             for i, b in enumerate(config.backends)
         ]

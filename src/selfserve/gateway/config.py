@@ -73,7 +73,8 @@ class LimitsConfig:
     max_body_bytes: int = 4 * 1024 * 1024
     request_timeout_s: float = 600.0  # whole request, first byte to last
     connect_timeout_s: float = 3.0
-    first_byte_timeout_s: float = 120.0  # upstream response headers must come within this
+    # no byte from a backend for this long (waiting for its response, or mid-stream) = stalled
+    first_byte_timeout_s: float = 120.0
     max_retries: int = 2  # extra backends tried when one fails before its first byte
     max_connections_per_backend: int = 1024
 

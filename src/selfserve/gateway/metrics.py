@@ -80,6 +80,22 @@ class GatewayMetrics:
         for name in backend_names:
             self.backend_healthy.labels(name).set(1)
         self._ttft_children: dict[tuple[str, str], tuple] = {}
+        self._request_children: dict[tuple[str, str, str, str], object] = {}
+        self._decision_children: dict[tuple[str, str], object] = {}
+
+    def count_request(self, endpoint: str, backend: str, arm: str, status: str) -> None:
+        key = (endpoint, backend, arm, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self._request_children[key] = self.requests.labels(*key)
+        child.inc()
+
+    def count_decision(self, arm: str, backend: str) -> None:
+        key = (arm, backend)
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self._decision_children[key] = self.decisions.labels(*key)
+        child.inc()
 
     def latency_children(self, backend: str, arm: str) -> tuple:
         """(ttft, itl, e2e) histogram children, cached because `.labels()` is not free."""

@@ -275,15 +275,13 @@ class CompletionProxy:
             upstream = self.pool.upstreams[index]
             outcome.backend = upstream.name
             outcome.backend_index = index
-            self.metrics.decisions.labels(arm.label, upstream.name).inc()
+            self.metrics.count_decision(arm.label, upstream.name)
             response: UpstreamResponse | None = None
             try:
-                response = await upstream.open(
-                    _PATHS[endpoint], body_bytes, first_byte_timeout_s=limits.first_byte_timeout_s
-                )
+                response = await upstream.open(_PATHS[endpoint], body_bytes)
                 first_event = None
                 if features.stream and response.status == 200:
-                    first_event = await self._first_batch(response, limits.first_byte_timeout_s)
+                    first_event = await self._first_batch(response)
                 return routed_id, response, first_event
             except (UpstreamUnavailable, UpstreamBroken) as exc:
                 if response is not None:
@@ -312,18 +310,14 @@ class CompletionProxy:
             kind="upstream",
         )
 
-    async def _first_batch(self, response: UpstreamResponse, timeout_s: float) -> list[bytes]:
+    async def _first_batch(self, response: UpstreamResponse) -> list[bytes]:
+        # a stall here ends in the session's read timeout (an UpstreamBroken): retryable
         events = response.event_batches()
         try:
-            async with asyncio.timeout(timeout_s):
-                first = await anext(events)
+            first = await anext(events)
         except StopAsyncIteration as exc:
             raise UpstreamUnavailable(
                 response.backend, "stream ended before its first event"
-            ) from exc
-        except TimeoutError as exc:
-            raise UpstreamUnavailable(
-                response.backend, f"no stream event within {timeout_s:g} s"
             ) from exc
         except UpstreamBroken as exc:
             raise UpstreamUnavailable(response.backend, exc.reason) from exc
@@ -391,6 +385,7 @@ class CompletionProxy:
                 if saw_done:
                     # the last events and the end of the chunked body in one write
                     await response.write_eof(data)
+                    await upstream.finish()
                     return
                 if data:
                     await response.write(data)
@@ -496,9 +491,7 @@ class CompletionProxy:
                 self.metrics.latency_children(outcome.backend, outcome.arm)[0].observe(
                     outcome.ttft_s
                 )
-        self.metrics.requests.labels(
-            outcome.endpoint, outcome.backend, outcome.arm, outcome.status
-        ).inc()
+        self.metrics.count_request(outcome.endpoint, outcome.backend, outcome.arm, outcome.status)
         event = self.arms.record(arm, ok=ok, ttft_s=outcome.ttft_s, tpot_s=outcome.tpot_s)
         if event is not None:
             self.metrics.policy_events.labels(event.event).inc()
