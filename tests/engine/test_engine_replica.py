@@ -228,3 +228,14 @@ def test_misaligned_trace_blocks_group_to_whole_engine_blocks():
     assert hash_units((1, 2, 3, 4, 5), 48, 32) == ((2, 4), 96)
     # 8-token trace blocks on 16-token engine blocks: every second hash
     assert hash_units((1, 2, 3, 4), 8, 16) == ((2, 4), 16)
+
+
+def test_without_chunked_prefill_a_prompt_over_the_token_budget_is_rejected(perf):
+    config = EngineConfig(enable_chunked_prefill=False, max_num_batched_tokens=2048)
+    replica = EngineReplica(perf, config)
+    with pytest.raises(RequestTooLarge, match="chunked prefill disabled"):
+        replica.add(EngineRequest("a", 3000, 10), 0.0)
+    ok = EngineRequest("b", 1500, 10)
+    replica.add(ok, 0.0)
+    outputs = run_steps(replica)
+    assert outputs[0].num_prefill_tokens == 1500 and ok.num_emitted_tokens == 10

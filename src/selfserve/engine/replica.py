@@ -81,6 +81,14 @@ class EngineReplica:
                 f"prompt ({req.total_prompt_tokens}) + output ({req.output_tokens}) = "
                 f"{total} tokens exceeds {self.name}'s max_model_len {self.max_model_len}",
             )
+        config = self.config
+        if not config.enable_chunked_prefill and total - 1 > config.max_num_batched_tokens:
+            # unchunked, a prompt (or a preempted request's recompute) runs in one step
+            raise RequestTooLarge(
+                req.request_id,
+                f"{total - 1} tokens to prefill exceed {self.name}'s max_num_batched_tokens "
+                f"{config.max_num_batched_tokens} with chunked prefill disabled",
+            )
         needed = req.blocks_for(total - 1, self.config.block_size)
         if needed > self.num_blocks:
             raise RequestTooLarge(
