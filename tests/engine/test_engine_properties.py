@@ -29,6 +29,7 @@ configs = st.builds(
     max_num_batched_tokens=st.sampled_from([512, 2048, 8192]),
     num_gpu_blocks_override=st.integers(260, 1200),
     enable_prefix_caching=st.booleans(),
+    enable_chunked_prefill=st.booleans(),
 )
 
 
@@ -104,7 +105,10 @@ def fresh(reqs: list[EngineRequest]) -> list[EngineRequest]:
 
 
 def fits(config: EngineConfig, req: EngineRequest) -> bool:
-    return -(-(req.prompt_tokens + req.output_tokens) // 16) <= config.num_gpu_blocks_override
+    tokens = req.prompt_tokens + req.output_tokens
+    if not config.enable_chunked_prefill and tokens - 1 > config.max_num_batched_tokens:
+        return False
+    return -(-tokens // 16) <= config.num_gpu_blocks_override
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
