@@ -42,6 +42,9 @@ class Request:
     - `prompt_tokens`: text tokens of the prompt (media tokens are in `media`).
     - `block_hashes`: chained hashes of the prompt's full `block_size`-token blocks, so
       equal `block_hashes[i]` means the first `(i + 1) * block_size` tokens are equal.
+      Traces that publish a hash for a trailing partial block keep it (Mooncake lists
+      `ceil(prompt_tokens / 512)` ids), so a block may cover fewer than `block_size`
+      tokens only when it is the last one.
     - `session_id`/`turn`: multi-turn or agentic grouping; `think_time_s` is the pause the
       client took after the previous turn of the session completed (0 when unknown).
     - `tags`: free labels such as tenant, model, class.
