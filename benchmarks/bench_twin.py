@@ -10,6 +10,8 @@
    1,500 req/s against a minimal canned SSE server in another process (so the server is
    not the limit: this measures the load generator); figures: completed requests/s, the
    client's CPU time per request (what one core could drive), and its send lag.
+3. Fidelity: two minutes of the embedded Mooncake trace through `bench` against two twins
+   at time scale 2 vs `selfserve.sim.simulate` (see `selfserve.bench.fidelity`).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ STREAM_OUTPUT_TOKENS = 400
 STREAM_TIME_SCALE = 0.15
 SHORT_RATE_PER_S = 1500.0
 SHORT_REQUESTS = 6000
+FIDELITY_TRACE_S = 120.0
 
 
 def _streams_workload() -> Workload:
@@ -193,8 +196,67 @@ def bench_request_rate() -> list[dict]:
     ]  # fmt: skip
 
 
+def bench_fidelity() -> list[dict]:
+    """Two minutes of the embedded Mooncake trace: 2 twins (llama-3.1-8b on B200, time
+    scale 2) over HTTP vs the simulator, round-robin; relative differences (twin - sim)."""
+    from selfserve.bench.fidelity import run_fidelity
+    from selfserve.workload.embedded import load_embedded
+
+    trace = load_embedded()
+    requests = [r for r in trace if r.arrival_s - trace.start_s < FIDELITY_TRACE_S]
+    report = run_fidelity(
+        Workload(requests, name="mooncake-2min", block_size=trace.block_size),
+        model="llama-3.1-8b",
+        hardware="b200",
+        replicas=2,
+        time_scale=2.0,
+    )
+    diff = report.differences()
+    rows = [
+        {"name": "fidelity requests completed", "value": report.completed, "unit": "requests",
+         "target": f"{report.requests}", "ok": report.completed == report.requests},
+        {"name": "fidelity TTFT p50 sim / twin", "value": f"{report.ttft_sim.p50:.3f} / {report.ttft_twin.p50:.3f}",
+         "unit": "s", "target": "report", "ok": None},
+        {"name": "fidelity TTFT p90 sim / twin", "value": f"{report.ttft_sim.p90:.3f} / {report.ttft_twin.p90:.3f}",
+         "unit": "s", "target": "report", "ok": None},
+        {"name": "fidelity TPOT p50 sim / twin", "value": f"{report.tpot_sim.p50 * 1e3:.2f} / {report.tpot_twin.p50 * 1e3:.2f}",
+         "unit": "ms", "target": "report", "ok": None},
+        {"name": "fidelity TPOT p90 sim / twin", "value": f"{report.tpot_sim.p90 * 1e3:.2f} / {report.tpot_twin.p90 * 1e3:.2f}",
+         "unit": "ms", "target": "report", "ok": None},
+    ]  # fmt: skip
+    for key in ("ttft_p50_rel", "ttft_p90_rel", "tpot_p50_rel", "tpot_p90_rel", "tpot_mean_rel"):
+        rows.append(
+            {
+                "name": f"fidelity {key}",
+                "value": diff[key] * 100,
+                "unit": "%",
+                "target": "report",
+                "ok": None,
+            }
+        )
+    rows.append(
+        {
+            "name": "fidelity cache hit twin - sim",
+            "value": diff["cache_hit_abs"] * 100,
+            "unit": "pp",
+            "target": "report",
+            "ok": None,
+        }
+    )
+    rows.append(
+        {
+            "name": "fidelity pacing error (median, model s)",
+            "value": report.pacing_error_s,
+            "unit": "s",
+            "target": "report",
+            "ok": None,
+        }
+    )
+    return rows
+
+
 def run() -> list[dict]:
-    return bench_streams() + bench_request_rate()
+    return bench_streams() + bench_request_rate() + bench_fidelity()
 
 
 if __name__ == "__main__":
