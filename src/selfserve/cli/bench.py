@@ -29,7 +29,8 @@ def register(subparsers) -> None:
     parser.add_argument(
         "--trace",
         required=True,
-        help="trace file (any format selfserve reads) or an embedded trace name",
+        help="trace file (any format selfserve reads) or an embedded trace name "
+        "(e.g. mooncake-conversation-10min or embedded:mooncake-conversation-10min)",
     )
     parser.add_argument("--format", help="trace format when detection is ambiguous")
     parser.add_argument("--model", help="model name to send (default: the target's first model)")
@@ -72,7 +73,7 @@ def load_trace(spec: str, trace_format: str | None):
     try:
         from selfserve.workload.embedded import load_embedded
 
-        return load_embedded(spec)
+        return load_embedded(spec.removeprefix("embedded:"))
     except (KeyError, ValueError, FileNotFoundError) as exc:
         raise UserError(
             f"--trace {spec!r} is neither a file nor an embedded trace ({exc})"
