@@ -130,3 +130,18 @@ def test_lru_hit_rate_is_monotone_in_cache_size(rows):
     assert np.all(np.diff(reuse.lru.block_hit_rate) >= 0)
     assert np.all(np.diff(reuse.lru.token_hit_rate) >= 0)
     assert reuse.lru.block_hit_rate[-1] == pytest.approx(reuse.infinite_block_hit_rate)
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.lists(st.integers(0, 60), min_size=1, max_size=200),
+    st.lists(st.tuples(st.integers(0, 200), st.integers(0, 70)), min_size=1, max_size=40),
+)
+def test_prefix_dominance_count_matches_brute_force(values, queries):
+    from selfserve.workload.prefix_reuse import _count_prefix_at_least
+
+    v = np.array(values, dtype=np.int64)
+    prefix = np.array([min(p, len(values)) for p, _ in queries], dtype=np.int64)
+    threshold = np.array([t for _, t in queries], dtype=np.int64)
+    expected = [int((v[:p] >= t).sum()) for p, t in zip(prefix, threshold, strict=True)]
+    assert _count_prefix_at_least(v, prefix, threshold).tolist() == expected

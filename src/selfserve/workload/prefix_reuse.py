@@ -134,28 +134,30 @@ def _count_prefix_at_least(
     """For each query q: #{k < prefix_len[q] : values[k] >= threshold[q]}.
 
     Merge-sort tree: at level L the array is cut into blocks of 2**L positions, each sorted
-    by value; a prefix of length P is the union of one block per set bit of P.
+    by value; a prefix of length P is the union of one block per set bit of P. Keys pack
+    (block, value) as `block << 32 | value`, so one sorted int64 array serves every block of
+    a level, and the next level's keys come from the current ones by shifting the block
+    bits — two sorted runs per block, which timsort ("stable") merges in linear time.
     """
     n = len(values)
-    span = int(values.max()) + 2  # keys (block, value) packed as block * span + value
-    positions = np.arange(n, dtype=np.int64)
-    level_values = values.astype(np.int64)
+    if n >= 1 << 31:
+        raise ValueError(f"too many block references for one analysis ({n:,})")
+    low_mask = np.int64(0xFFFFFFFF)
+    keys = (np.arange(n, dtype=np.int64) << 32) | values.astype(np.int64)
     counts = np.zeros(len(prefix_len), dtype=np.int64)
     level = 0
     while (1 << level) <= n:
         size = 1 << level
-        block_of = positions >> level
-        keys = block_of * span + level_values  # sorted: blocks in order, values within
         chosen = np.flatnonzero((prefix_len >> level) & 1)
         if len(chosen):
             block = (prefix_len[chosen] >> level) - 1
-            located = np.searchsorted(keys, block * span + threshold[chosen], side="left")
+            located = np.searchsorted(keys, (block << 32) | threshold[chosen], side="left")
             counts[chosen] += np.minimum((block + 1) * size, n) - located
-        # The next level merges neighbouring blocks: two sorted runs per block, which
-        # timsort ("stable") merges in linear time.
-        parent_block = positions >> (level + 1)
-        merged = np.sort(parent_block * span + level_values, kind="stable")
-        level_values = merged - parent_block * span
+        low = keys & low_mask
+        keys >>= 33
+        keys <<= 32
+        keys |= low
+        keys.sort(kind="stable")
         level += 1
     return counts
 
