@@ -63,3 +63,11 @@ def test_an_slo_level_no_two_options_reach_is_left_out():
 def test_sweep_multipliers_scale_with_headroom():
     assert sweep_multipliers(2.0) == [0.3, 0.8, 1.4]
     assert sweep_multipliers(None) == [0.15, 0.4, 0.7]
+
+
+def test_the_top_level_is_reached_by_two_curves_despite_rounding():
+    a = [point(75.43, 14), point(30, 100)]
+    b = [point(74.8048, 14), point(30, 100)]  # rounds *up* to 74.805 at 3 decimals
+    top = max(matched_levels([a, b], None))
+    assert throughput_at_interactivity(a, top) is not None
+    assert throughput_at_interactivity(b, top) is not None

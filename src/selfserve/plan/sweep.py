@@ -110,7 +110,8 @@ def matched_levels(
         levels = [low * ratio**i for i in range(count)]
     if slo_tokens_per_s_per_user and slo_tokens_per_s_per_user <= high:
         levels.append(slo_tokens_per_s_per_user)
-    return sorted({round(level, 3) for level in levels}, reverse=True)
+    # Round down: a level rounded up past the second curve's top would leave it unreached.
+    return sorted({math.floor(level * 1000) / 1000 for level in levels}, reverse=True)
 
 
 def sweep_multipliers(headroom: float | None) -> list[float]:
