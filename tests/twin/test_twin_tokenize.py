@@ -6,6 +6,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from selfserve.workload.tokenize import (
+    ASCII_TOKEN_PATTERN,
+    TOKEN_PATTERN,
     block_hashes,
     chat_overhead_tokens,
     count_tokens,
@@ -64,3 +66,8 @@ def test_chat_overhead_counts_template_tokens():
     assert chat_overhead_tokens(["user"]) == 15
     # "<|system|>\n" splits "system" into "syst" + "em": 7 tokens, + 1 for "\n"
     assert chat_overhead_tokens(["system", "user"]) == 15 + 8
+
+
+@given(st.text(alphabet=st.characters(max_codepoint=127), max_size=300))
+def test_ascii_fast_pattern_matches_the_unicode_rule(text):
+    assert ASCII_TOKEN_PATTERN.findall(text) == TOKEN_PATTERN.findall(text)

@@ -30,25 +30,37 @@ from array import array
 from collections.abc import Sequence
 
 TOKEN_PATTERN = re.compile(r" ?[^\W_]{1,4}| ?[^\w\s]| ?_|\s+(?!\S)|\s+")
+# The same rule spelled out for pure-ASCII text, where explicit classes match about 30%
+# faster than Unicode-aware ones. Unicode `\s` also counts \x1c-\x1f as whitespace, so
+# they are listed; the property test checks both patterns agree on every ASCII string.
+_WS = r"[\t\n\x0b\x0c\r\x1c-\x1f ]"
+_NOT_WS = r"[^\t\n\x0b\x0c\r\x1c-\x1f ]"
+ASCII_TOKEN_PATTERN = re.compile(
+    rf" ?[a-zA-Z0-9]{{1,4}}| ?[^a-zA-Z0-9_\t\n\x0b\x0c\r\x1c-\x1f ]| ?_|{_WS}+(?!{_NOT_WS})|{_WS}+"
+)
 HASH_MASK_63 = (1 << 63) - 1
 # The chain starts from a fixed seed so the first block's hash is not just a hash of ids.
 _ROOT_HASH = 0x5E1F5E12F
 
 
+def _pattern(text: str) -> re.Pattern:
+    return ASCII_TOKEN_PATTERN if text.isascii() else TOKEN_PATTERN
+
+
 def split_tokens(text: str) -> list[str]:
     """The token strings of `text` under selfserve's rule (see the module docstring)."""
-    return TOKEN_PATTERN.findall(text)
+    return _pattern(text).findall(text)
 
 
 def tokenize(text: str) -> list[int]:
     """Token ids of `text`: CRC-32 of each token string's UTF-8 bytes."""
     crc = zlib.crc32
-    return [crc(piece.encode()) for piece in TOKEN_PATTERN.findall(text)]
+    return [crc(piece.encode()) for piece in _pattern(text).findall(text)]
 
 
 def count_tokens(text: str) -> int:
     """Number of tokens in `text` (same rule as `tokenize`, without computing ids)."""
-    return sum(1 for _ in TOKEN_PATTERN.finditer(text))
+    return len(_pattern(text).findall(text))
 
 
 def block_hashes(
