@@ -131,3 +131,36 @@ def test_half_written_last_line_of_a_live_log_is_ignored_with_a_warning(tmp_path
     )
     workload = load_workload(path)
     assert len(workload) == 1 and "incomplete last line" in workload.warnings[0]
+
+
+def test_analyze_of_a_gateway_log_reports_outcomes_per_arm(tmp_path, capsys):
+    from selfserve.cli.main import main
+
+    path = tmp_path / "gw.jsonl"
+    with RequestLogWriter(path) as writer:
+        for i in range(20):
+            arm = "canary" if i % 4 == 0 else "baseline"
+            failed = i == 1
+            writer.write(
+                RequestLogRecord(
+                    Request(f"r{i}", float(i), 1000, 50, tuple(range(i % 3, i % 3 + 60)), 16),
+                    backend="http://127.0.0.1:1",
+                    policy_arm=arm,
+                    ttft_s=None if failed else 0.1 * (1 + i % 5),
+                    e2e_s=None if failed else 2.0,
+                    tpot_s=None if failed else 0.02,
+                    cached_tokens=None if failed else 500,
+                    status="error" if failed else "ok",
+                    error="boom" if failed else None,
+                )
+            )
+    out = tmp_path / "a.json"
+    assert main(["analyze", str(path), "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "served (request log outcomes)" in printed and "canary" in printed
+    import orjson
+
+    arms = {o["arm"]: o for o in orjson.loads(out.read_bytes())["extra"]["outcomes"]}
+    assert arms["canary"]["requests"] == 5 and arms["baseline"]["requests"] == 15
+    assert arms["baseline"]["error_rate"] == pytest.approx(1 / 15)
+    assert arms["canary"]["prefix_hit_rate"] == pytest.approx(0.5)

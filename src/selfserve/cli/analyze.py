@@ -9,6 +9,7 @@ sessions and modality mix. `--json OUT` writes every figure, `--html OUT` a repo
 from __future__ import annotations
 
 import argparse
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -152,9 +153,26 @@ def handle(args: argparse.Namespace) -> int:
     )
     with err_console.status(f"analysing {len(workload):,} requests …"):
         analysis = analyze_workload(workload, kv_bytes_per_token=kv_bytes, kv_model=kv_label)
+        outcomes = _served_outcomes(args)
+    if outcomes:
+        analysis.extra["outcomes"] = [asdict(o) for o in outcomes]
     print_analysis(analysis)
     write_outputs(analysis, args.json, args.html)
     return 0
+
+
+def _served_outcomes(args: argparse.Namespace) -> list:
+    """Per-arm outcomes when TRACE is a request log written by the gateway."""
+    if args.trace.startswith(EMBEDDED_PREFIX):
+        return []
+    from selfserve.workload.io import detect_format
+    from selfserve.workload.log_outcomes import log_outcomes
+
+    try:
+        fmt = args.format or detect_format(args.trace)
+    except (UnknownFormatError, FileNotFoundError):
+        return []
+    return log_outcomes(args.trace, skip_bad=args.skip_bad) if fmt == "selfserve-log" else []
 
 
 def write_outputs(analysis: WorkloadAnalysis, json_out: str | None, html_out: str | None) -> None:
@@ -253,5 +271,31 @@ def print_analysis(a: WorkloadAnalysis) -> None:
     for key, counts in a.tags.items():
         shown = ", ".join(f"{k} {v:,}" for k, v in list(counts.items())[:5])
         console.print(f"[bold]{key}[/]: {shown}")
+    outcomes = a.extra.get("outcomes")
+    if outcomes:
+        served = Table(title="served (request log outcomes)", title_justify="left")
+        for column in (
+            "arm",
+            "requests",
+            "errors",
+            "TTFT p50",
+            "TTFT p99",
+            "TPOT",
+            "E2E",
+            "cache hit",
+        ):
+            served.add_column(column, justify="left" if column == "arm" else "right")
+        for o in outcomes:
+            served.add_row(
+                o["arm"],
+                f"{o['requests']:,}",
+                _pct(o["error_rate"]),
+                f"{o['ttft_p50_s']:.3f} s",
+                f"{o['ttft_p99_s']:.3f} s",
+                f"{1e3 * o['tpot_mean_s']:.1f} ms",
+                f"{o['e2e_mean_s']:.2f} s",
+                _pct(o["prefix_hit_rate"]),
+            )
+        console.print(served)
     for warning in a.warnings:
         console.print(f"[yellow]warning:[/] {warning}")

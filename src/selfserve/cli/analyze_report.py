@@ -143,4 +143,32 @@ def write_analysis_report(a: WorkloadAnalysis, path: str | Path) -> Path:
         )
     for key, counts in a.tags.items():
         report.table([key, "requests"], [[k, v] for k, v in counts.items()])
+    outcomes = a.extra.get("outcomes")
+    if outcomes:
+        report.heading("Served (request log outcomes)")
+        report.table(
+            [
+                "arm",
+                "requests",
+                "error %",
+                "TTFT p50 s",
+                "TTFT p99 s",
+                "TPOT ms",
+                "E2E s",
+                "cache hit %",
+            ],
+            [
+                [
+                    o["arm"],
+                    o["requests"],
+                    100 * o["error_rate"],
+                    o["ttft_p50_s"],
+                    o["ttft_p99_s"],
+                    1e3 * o["tpot_mean_s"],
+                    o["e2e_mean_s"],
+                    100 * o["prefix_hit_rate"],
+                ]
+                for o in outcomes
+            ],
+        )
     return report.write(path)
