@@ -111,7 +111,7 @@ def matched_levels(
     if slo_tokens_per_s_per_user and slo_tokens_per_s_per_user <= high:
         levels.append(slo_tokens_per_s_per_user)
     # Round down: a level rounded up past the second curve's top would leave it unreached.
-    return sorted({math.floor(level * 1000) / 1000 for level in levels}, reverse=True)
+    return sorted({math.floor(level * 1000 + 1e-6) / 1000 for level in levels}, reverse=True)
 
 
 def sweep_multipliers(headroom: float | None) -> list[float]:
