@@ -8,6 +8,7 @@ context stops every child (SIGTERM, then SIGKILL after a grace period).
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -30,7 +31,7 @@ class TwinProcess:
     url: str
     port: int
     process: subprocess.Popen
-    log_path: Path
+    log_path: Path  # removed when the spawn_twins context exits
 
 
 def _stop(process: subprocess.Popen, grace_s: float = 5.0) -> None:
@@ -94,3 +95,4 @@ def spawn_twins(
     finally:
         for process, _, _ in started:
             _stop(process)
+        shutil.rmtree(workdir, ignore_errors=True)
