@@ -154,7 +154,7 @@ def evaluate_option(
     if settings.growth != 1.0:
         if headroom.multiplier >= settings.growth:
             # Measured headroom already covers the growth: the same fleet is the answer.
-            growth_search = ReplicaSearch(replicas, run(replicas, 1.0).attainment)
+            growth_search = ReplicaSearch(replicas, run(replicas, settings.growth).attainment)
         else:
             growth_search = min_replicas(
                 probe(settings.growth),
