@@ -171,7 +171,7 @@ def _litellm(twin_urls: list[str]):
         ],
         "router_settings": {"routing_strategy": "simple-shuffle"},
         "litellm_settings": {"telemetry": False, "drop_params": True},
-        "general_settings": {"master_key": "sk-bench"},
+        "general_settings": {"master_key": "sk-bench", "disable_spend_logs": True},
     }
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     command = [
@@ -185,7 +185,17 @@ def _litellm(twin_urls: list[str]):
         "--num_workers",
         "1",
     ]
-    env = {"LITELLM_LOG": "ERROR", "LITELLM_TELEMETRY": "False", "DISABLE_SCHEMA_UPDATE": "true"}
+    # offline: use the bundled model-cost map instead of fetching it (a fetch per start
+    # would time out here and is not part of the proxy's request path anyway)
+    env = {
+        "LITELLM_LOG": "ERROR",
+        "LITELLM_TELEMETRY": "False",
+        "DISABLE_SCHEMA_UPDATE": "true",
+        "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+        # its cost tracking counts tokens with the model's Hugging Face tokenizer; offline,
+        # the download retries for ~25 s per request unless the hub is marked offline
+        "HF_HUB_OFFLINE": "1",
+    }
     return f"http://127.0.0.1:{port}", _process(
         command, f"http://127.0.0.1:{port}/health/liveliness", timeout_s=120, env=env
     )
