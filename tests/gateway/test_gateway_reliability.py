@@ -168,3 +168,38 @@ def test_graceful_stop_drains_in_flight_requests():
             assert status == 200 and events[-1] == b"data: [DONE]" and len(events) == 21
 
     run(body())
+
+
+def test_a_failing_backend_is_ejected_then_readmitted_when_it_recovers():
+    async def wait_for(predicate) -> None:
+        for _ in range(200):
+            if predicate():
+                return
+            await asyncio.sleep(0.02)
+        raise AssertionError("condition not reached within 4 s")
+
+    async def body():
+        flaky, steady = LoopbackEngine(), LoopbackEngine()
+        health = {
+            "interval_s": 0.05,
+            "timeout_s": 0.5,
+            "eject_after_failures": 2,
+            "readmit_after_successes": 2,
+        }
+        async with gateway_over([flaky, steady], health=health) as gw:
+            flaky.fail_before = True
+            await wait_for(lambda: gw.pool.healthy[0] is False)
+            assert _count(gw, "selfserve_gateway_backend_healthy", backend="e0") == 0
+            seen_while_ejected = flaky.seen
+            async with aiohttp.ClientSession() as s:
+                results = [
+                    await _stream_events(s, base_url(gw) + "/v1/chat/completions", CHAT)
+                    for _ in range(4)
+                ]
+            assert all(status == 200 for status, _ in results)
+            assert flaky.seen == seen_while_ejected  # nothing routed to the ejected backend
+            flaky.fail_before = False
+            await wait_for(lambda: gw.pool.healthy[0] is True)
+            assert _count(gw, "selfserve_gateway_backend_healthy", backend="e0") == 1
+
+    run(body())
