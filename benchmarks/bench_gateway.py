@@ -6,7 +6,10 @@ is negligible) and are driven by the same load generator in a separate process
 
 - max sustained rate: closed loop with 32 concurrent clients for a few seconds;
 - added latency: open loop at 200 requests/s, end-to-end p50/p99 minus the same figure
-  with the client talking to the twins directly (round-robin in the client).
+  with the client talking to the twins directly (round-robin in the client);
+- proxy CPU per request: user + system CPU of the proxy's processes over the closed-loop
+  run divided by the requests served. Unlike rates and latencies this does not depend on
+  what else the machine runs, so it is the figure to compare on a shared machine.
 
 LiteLLM (`litellm[proxy]`) and the SGLang router (`sglang-router`) are not project
 dependencies: install each in a throwaway venv and point `SELFSERVE_BENCH_LITELLM` /
