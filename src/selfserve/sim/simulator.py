@@ -76,7 +76,6 @@ def simulate(
         rate_scale=rate_scale,
         wall_s=wall_s,
         slo=SLO.parse(slo),
-        groups=spec,
     )
 
 
@@ -268,7 +267,7 @@ class _Run:
                     env.schedule(nxt.end_s, 1 + i, ("step", i, nxt))
 
     # ---- result -----------------------------------------------------------------------
-    def result(self, *, policy, cluster, mode, seed, rate_scale, wall_s, slo, groups) -> SimResult:
+    def result(self, *, policy, cluster, mode, seed, rate_scale, wall_s, slo) -> SimResult:
         records: list[RequestRecord] = []
         end_s = self.arrivals[-1] if self.arrivals else 0.0
         for k, req in enumerate(self.requests):
