@@ -48,7 +48,7 @@ class LoopConfig:
     model: str = "llama-3.1-8b"
     hardware: str = "h100"
     replicas: int = 3
-    time_scale: float = 4.0
+    time_scale: float = 5.0
     rate_scale: float = 0.5
     requests: int = 200  # first N requests of the trace: the "before" and "after" window
     canary_requests: int = 120  # the next N requests carry the canary
