@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import secrets
+import signal
 import time
 import urllib.error
 import urllib.request
@@ -176,16 +177,36 @@ class ClosedLoop:
         from selfserve.bench.runner import arun_bench
 
         c = self.config
-        result = asyncio.run(
-            arun_bench(
-                url,
-                workload,
-                rate_scale=c.rate_scale,
-                time_scale=c.time_scale,
-                model=c.model,
-                progress=self.progress,
-            )
-        )
+        interrupted = False
+
+        async def replay():
+            # the bench stops cleanly (and returns what it measured) when its stop event is
+            # set; Ctrl-C sets it here and is re-raised below so the whole demo stops
+            loop = asyncio.get_running_loop()
+            stop = asyncio.Event()
+
+            def on_interrupt() -> None:
+                nonlocal interrupted
+                interrupted = True
+                stop.set()
+
+            loop.add_signal_handler(signal.SIGINT, on_interrupt)
+            try:
+                return await arun_bench(
+                    url,
+                    workload,
+                    rate_scale=c.rate_scale,
+                    time_scale=c.time_scale,
+                    model=c.model,
+                    progress=self.progress,
+                    stop_event=stop,
+                )
+            finally:
+                loop.remove_signal_handler(signal.SIGINT)
+
+        result = asyncio.run(replay())
+        if interrupted:
+            raise KeyboardInterrupt
         return result.summary(c.slo), result
 
     def _twins(self, stack: ExitStack, ports: list[int] | None = None):
@@ -357,7 +378,23 @@ class ClosedLoop:
                 str(out / "tune.html"),
             ]
         )
-        code = args.func(args)
+        # `selfserve tune` treats Ctrl-C as "stop searching, keep the best"; the demo notes it
+        # and stops after tune has written its result
+        interrupted = False
+        default_handler = signal.getsignal(signal.SIGINT)
+
+        def on_interrupt(signum, frame) -> None:
+            nonlocal interrupted
+            interrupted = True
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGINT, on_interrupt)
+        try:
+            code = args.func(args)
+        finally:
+            signal.signal(signal.SIGINT, default_handler)
+        if interrupted:
+            raise KeyboardInterrupt
         if code:
             raise DemoError(f"selfserve tune exited with {code}")
         doc = yaml.safe_load((out / "learned.yaml").read_text())
