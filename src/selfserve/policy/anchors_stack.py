@@ -152,8 +152,13 @@ class LiteLLMLatencyPolicy(AnchorPolicy):
         window = self._ttfts.get(replica)
         if not window:
             return 0.0
-        fresh = [v for t, v in window if t >= now_s - self.ttl_s]
-        return sum(fresh) / len(fresh) if fresh else 0.0
+        cutoff = now_s - self.ttl_s
+        total, n = 0.0, 0
+        for t, v in window:
+            if t >= cutoff:
+                total += v
+                n += 1
+        return total / n if n else 0.0
 
     def choose(self, snapshot: ClusterSnapshot, rng: random.Random) -> int:
         cands = healthy_candidates(snapshot)
