@@ -53,7 +53,9 @@ def main() -> int:
             value = row["value"]
             shown = f"{value:,.3f}" if isinstance(value, float) else str(value)
             mark = {True: "[green]yes[/]", False: "[red]NO[/]", None: ""}[ok]
-            table.add_row(suite, row["name"], shown, row.get("unit", ""), row.get("target", ""), mark)
+            table.add_row(
+                suite, row["name"], shown, row.get("unit", ""), row.get("target", ""), mark
+            )
             all_rows.append({"suite": suite, **row})
     console.print(table)
     console.print(f"{len(all_rows)} figures, {failures} below target")
