@@ -149,6 +149,39 @@ def test_llmd_prefix_only_hashes_first_4096_tokens():
     assert scorer.score(s, (0,)) == [1.0]
 
 
+@pytest.mark.parametrize(
+    "waiting_r0, expected_routes, why",
+    [
+        # one scrape for the whole burst: queue min-max is 1.0 for all, kv 1.0 for all, so
+        # the holder of the shared first block (+3 x 1/8) takes every request
+        (0, [0, 0, 0, 0, 0, 0], "equal scraped metrics: the prefix holder wins the burst"),
+        # once a scrape shows r0's queue, queue 2 x (0 vs 1) outweighs prefix 3 x 1/8
+        (3, [0, 1, 1, 1, 1, 1], "a visible queue on the holder spreads the burst"),
+    ],
+)
+def test_llmd_burst_sharing_first_block_herds_onto_holder_until_a_scrape_shows_load(
+    waiting_r0, expected_routes, why
+):
+    """llm-d's documented rule, not a bug: load is only what the last scrape saw, while
+    the prefix index updates on every decision. Mooncake's conversation trace gives every
+    request the same first 512-token block and arrives in bursts (~9 per timestamp); at a
+    low rate the replica is idle again at each scrape, so every burst lands on one pod."""
+    from selfserve.policy.router import Router
+    from selfserve.policy.snapshot import EngineMetrics, ReplicaInfo, RequestView
+
+    router = Router(make_policy("llm-d"), [ReplicaInfo(i, f"r{i}") for i in range(2)])
+    rng = R(0)
+    routes = []
+    for k in range(6):
+        # the first request goes to r0 (r1 shows a queue); later ones see the case's scrape
+        waiting = (waiting_r0, 0) if k else (0, 1)
+        metrics = [EngineMetrics(0, q, 0.0, 0.0) for q in waiting]
+        hashes = (7,) + tuple(1000 * k + j for j in range(7))  # shared block 0 only
+        req = RequestView(f"q{k}", 0.0, 8 * 512, block_hashes=hashes, block_size=512)
+        routes.append(router.route(req, 0.0, metrics, rng))
+    assert routes == expected_routes, why
+
+
 def test_llmd_equal_totals_tie_break_is_uniform():
     s = snap({}, {}, {})
     rng = R(1)
