@@ -78,21 +78,26 @@ class Scheduler:
         prefill = batch.prefill
         decode_contexts = batch.decode_contexts
         budget = config.max_num_batched_tokens
+        scheduled_append = scheduled.append
+        decode_append = decode_contexts.append
+        prefill_append = prefill.append
         i = 0
         while i < len(running) and budget > 0:
             req = running[i]
             computed = req.num_computed_tokens
-            num_new = req.prompt_total + req.num_emitted_tokens - computed
-            is_decode = num_new == 1 and req.num_emitted_tokens > 0
+            emitted = req.num_emitted_tokens
+            num_new = req.prompt_total + emitted - computed
+            is_decode = num_new == 1 and emitted > 0
             if num_new > budget:
                 num_new = budget
             fits = True
             while True:
                 total = computed + num_new
-                if total >= req.units_end_tokens:
+                units_end_tokens = req.units_end_tokens
+                if total >= units_end_tokens:
                     need = (
                         req.units_end_blocks
-                        + (total - req.units_end_tokens + block_size - 1) // block_size
+                        + (total - units_end_tokens + block_size - 1) // block_size
                         - req.held_blocks
                     )
                 else:
@@ -111,11 +116,11 @@ class Scheduler:
                     break
             if not fits:
                 break
-            scheduled.append((req, num_new))
+            scheduled_append((req, num_new))
             if is_decode:
-                decode_contexts.append(computed + 1)
+                decode_append(computed + 1)
             else:
-                prefill.append((num_new, computed))
+                prefill_append((num_new, computed))
             budget -= num_new
             i += 1
         if not batch.preempted and self.waiting:
@@ -231,40 +236,44 @@ class Scheduler:
         emitted_reqs: list[EngineRequest] = []
         finished: list[EngineRequest] = []
         prompt_computed = 0
+        # locals: this loop runs once per scheduled request per step (the engine's hot path)
+        first_append = first.append
+        emitted_append = emitted_reqs.append
         for req, num_new in batch.scheduled:
-            computed = req.num_computed_tokens
+            computed_before = req.num_computed_tokens
             emitted = req.num_emitted_tokens
             num_tokens = req.prompt_total + emitted
-            if emitted == 0 or computed < num_tokens - 1:
+            if emitted == 0 or computed_before < num_tokens - 1:
                 prompt_computed += num_new
-            computed += num_new
+            computed = computed_before + num_new
             req.num_computed_tokens = computed
-            if caching and req.next_unit < len(req.unit_end_tokens):
-                # name each newly completed unit in the prefix cache (ledger.register, inlined)
+            if caching:
                 k = req.next_unit
                 ends = req.unit_end_tokens
-                end_blocks = req.unit_end_blocks
-                hashes = req.unit_hashes
                 n_units = len(ends)
-                prev_blocks = end_blocks[k - 1] if k else 0
-                while k < n_units and ends[k] <= computed:
-                    unit_hash = hashes[k]
-                    blocks = end_blocks[k] - prev_blocks
-                    prev_blocks = end_blocks[k]
-                    if unit_hash not in cached_blocks:
-                        cached_blocks[unit_hash] = blocks
-                        cached_refs[unit_hash] = 1
-                        req.held_units.append(unit_hash)
-                        req.plain_blocks -= blocks
-                    k += 1
-                req.next_unit = k
+                if k < n_units:
+                    # name each newly completed unit in the prefix cache (ledger.register)
+                    end_blocks = req.unit_end_blocks
+                    hashes = req.unit_hashes
+                    prev_blocks = end_blocks[k - 1] if k else 0
+                    while k < n_units and ends[k] <= computed:
+                        unit_hash = hashes[k]
+                        blocks = end_blocks[k] - prev_blocks
+                        prev_blocks = end_blocks[k]
+                        if unit_hash not in cached_blocks:
+                            cached_blocks[unit_hash] = blocks
+                            cached_refs[unit_hash] = 1
+                            req.held_units.append(unit_hash)
+                            req.plain_blocks -= blocks
+                        k += 1
+                    req.next_unit = k
             if computed == num_tokens:
                 emitted += 1
                 req.num_emitted_tokens = emitted
-                emitted_reqs.append(req)
+                emitted_append(req)
                 if req.first_token_s < 0:
                     req.first_token_s = end_s
-                    first.append(req)
+                    first_append(req)
                 if emitted >= req.output_tokens:
                     finished.append(req)
         self.prompt_tokens_computed += prompt_computed

@@ -126,14 +126,13 @@ class _Run:
     # ---- shared pieces ----------------------------------------------------------------
     def _scrape(self, tick_s: float) -> None:
         metrics = self.metrics
-        for i, replica in enumerate(self.replicas):
+        i = 0
+        for replica in self.replicas:
             sched = replica.scheduler
             metrics[i] = EngineMetrics(
-                num_requests_running=len(sched.running),
-                num_requests_waiting=len(sched.waiting),
-                kv_cache_usage=replica.kv_usage_at(tick_s),
-                scraped_at_s=tick_s,
+                len(sched.running), len(sched.waiting), replica.kv_usage_at(tick_s), tick_s
             )
+            i += 1
 
     def _tick_of(self, t_s: float) -> float:
         interval = self.scrape_interval_s
@@ -195,25 +194,32 @@ class _Run:
     def run_fast(self) -> None:
         replicas = self.replicas
         arrivals = self.arrivals
+        interval = self.scrape_interval_s
+        floor = math.floor
+        scrape = self._scrape
+        deliver_before = self._deliver_before
+        route = self._route
+        tell = self._tell_progress if self.progress is not None else None
         last_tick = -math.inf
         for k in range(len(self.requests)):
             a = arrivals[k]
-            tick = self._tick_of(a)
+            tick = floor(a / interval) * interval if interval > 0 else a  # as `_tick_of`
             if tick != last_tick:
                 for replica in replicas:
                     if replica.next_change_s < tick:
                         replica.advance_to(tick)
-                self._scrape(tick)
+                scrape(tick)
                 last_tick = tick
             for replica in replicas:
                 if replica.next_change_s < a:
                     replica.advance_to(a)
-            self._deliver_before(a)
-            self._route(k, a)
-            self._tell_progress(k + 1)
+            deliver_before(a)
+            route(k, a)
+            if tell is not None:
+                tell(k + 1)
         for replica in replicas:
             replica.advance_to(math.inf)
-        self._deliver_before(math.inf)
+        deliver_before(math.inf)
 
     def _deliver_before(self, t_s: float) -> None:
         """Deliver logged replica events earlier than `t_s` to the router, in time order."""
