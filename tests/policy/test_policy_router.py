@@ -232,3 +232,19 @@ def test_bookkeeping_returns_to_zero_after_every_request_completes(reqs, policy)
     for r in router.snapshot(_req("p", hashes=()), 12.0, [None] * 3).replicas:
         assert (r.in_flight_requests, r.prefill_requests, r.queued_prefill_tokens) == (0, 0, 0)
         assert (r.decode_requests, r.running_decode_tokens) == (0, 0)
+
+
+def test_fast_view_constructor_builds_the_same_frozen_view_as_the_dataclass():
+    import dataclasses
+
+    from selfserve.policy.router import _replica_view
+    from selfserve.policy.snapshot import ReplicaView
+
+    names = [f.name for f in dataclasses.fields(ReplicaView)]
+    args = [f"v{k}" if k % 3 == 0 else k * 1.5 for k in range(len(names))]
+    fast, slow = _replica_view(*args), ReplicaView(*args)
+    assert type(fast) is ReplicaView
+    assert [getattr(fast, n) for n in names] == [getattr(slow, n) for n in names] == args
+    assert fast == slow and hash(fast) == hash(slow)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.in_flight_requests = 9

@@ -46,9 +46,9 @@ class BlockLRUIndex:
             if h in od:
                 move(h)
             od[h] = now_s
-        cap = self.capacity_blocks[replica]
-        while len(od) > cap:
-            od.popitem(last=False)
+        pop = od.popitem
+        for _ in range(len(od) - self.capacity_blocks[replica]):  # empty when within capacity
+            pop(last=False)
 
     def contiguous_match(self, replica: int, hashes: Sequence[int]) -> int:
         """How many leading blocks of `hashes` this replica holds, in a row."""

@@ -16,7 +16,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from selfserve.policy.base import Policy
 from selfserve.policy.prefix_index import BlockLRUIndex
@@ -36,6 +36,92 @@ DEFAULT_WINDOW_S = 60.0
 MEDIA_INDEX_CAPACITY = 10_000
 # LiteLLM latency-based routing averages the last 10 samples.
 TTFT_SAMPLES = 10
+
+
+def _positional_view_factory():
+    """A `ReplicaView` constructor taking every field positionally (declaration order).
+
+    It fills the slots through their descriptors, skipping the frozen dataclass
+    `__init__`'s per-field `object.__setattr__(self, "name", …)` lookups: the Router builds
+    one view per replica per decision, and this is ~1.7× faster. The result is an ordinary
+    frozen `ReplicaView`, equal to `ReplicaView(*same_args)` (a router test checks).
+    """
+    new = object.__new__
+    set_index = ReplicaView.index.__set__
+    set_name = ReplicaView.name.__set__
+    set_in_flight_requests = ReplicaView.in_flight_requests.__set__
+    set_prefill_requests = ReplicaView.prefill_requests.__set__
+    set_queued_prefill_tokens = ReplicaView.queued_prefill_tokens.__set__
+    set_decode_requests = ReplicaView.decode_requests.__set__
+    set_running_decode_tokens = ReplicaView.running_decode_tokens.__set__
+    set_prefix_hit_tokens = ReplicaView.prefix_hit_tokens.__set__
+    set_media_hit_tokens = ReplicaView.media_hit_tokens.__set__
+    set_recent_ttft_s = ReplicaView.recent_ttft_s.__set__
+    set_recent_output_tokens_per_s = ReplicaView.recent_output_tokens_per_s.__set__
+    set_recent_requests_per_s = ReplicaView.recent_requests_per_s.__set__
+    set_num_requests_running = ReplicaView.num_requests_running.__set__
+    set_num_requests_waiting = ReplicaView.num_requests_waiting.__set__
+    set_kv_cache_usage = ReplicaView.kv_cache_usage.__set__
+    set_metrics_age_s = ReplicaView.metrics_age_s.__set__
+    set_hardware = ReplicaView.hardware.__set__
+    set_model = ReplicaView.model.__set__
+    set_kv_capacity_tokens = ReplicaView.kv_capacity_tokens.__set__
+    set_max_model_len = ReplicaView.max_model_len.__set__
+    set_is_healthy = ReplicaView.is_healthy.__set__
+
+    def make(
+        index,
+        name,
+        in_flight_requests,
+        prefill_requests,
+        queued_prefill_tokens,
+        decode_requests,
+        running_decode_tokens,
+        prefix_hit_tokens,
+        media_hit_tokens,
+        recent_ttft_s,
+        recent_output_tokens_per_s,
+        recent_requests_per_s,
+        num_requests_running,
+        num_requests_waiting,
+        kv_cache_usage,
+        metrics_age_s,
+        hardware,
+        model,
+        kv_capacity_tokens,
+        max_model_len,
+        is_healthy,
+    ) -> ReplicaView:
+        view = new(ReplicaView)
+        set_index(view, index)
+        set_name(view, name)
+        set_in_flight_requests(view, in_flight_requests)
+        set_prefill_requests(view, prefill_requests)
+        set_queued_prefill_tokens(view, queued_prefill_tokens)
+        set_decode_requests(view, decode_requests)
+        set_running_decode_tokens(view, running_decode_tokens)
+        set_prefix_hit_tokens(view, prefix_hit_tokens)
+        set_media_hit_tokens(view, media_hit_tokens)
+        set_recent_ttft_s(view, recent_ttft_s)
+        set_recent_output_tokens_per_s(view, recent_output_tokens_per_s)
+        set_recent_requests_per_s(view, recent_requests_per_s)
+        set_num_requests_running(view, num_requests_running)
+        set_num_requests_waiting(view, num_requests_waiting)
+        set_kv_cache_usage(view, kv_cache_usage)
+        set_metrics_age_s(view, metrics_age_s)
+        set_hardware(view, hardware)
+        set_model(view, model)
+        set_kv_capacity_tokens(view, kv_capacity_tokens)
+        set_max_model_len(view, max_model_len)
+        set_is_healthy(view, is_healthy)
+        return view
+
+    return make
+
+
+_replica_view = _positional_view_factory()
+if tuple(ReplicaView.__slots__) != tuple(f.name for f in fields(ReplicaView)):
+    raise ImportError("ReplicaView slots and fields disagree; update _positional_view_factory")
 
 
 class RoutingError(ValueError):
@@ -187,10 +273,22 @@ class Router:
             return [0] * len(self.replicas)
         bs = request.block_size
         cap = request.prompt_tokens
-        return [
-            min(cap, index.contiguous_match(i, request.block_hashes) * bs)
-            for i in range(len(self.replicas))
-        ]
+        hashes = request.block_hashes
+        first = hashes[0]
+        out = []
+        # Inlined `contiguous_match` per replica: most replicas lack even the first block,
+        # which one dict probe settles without a call.
+        for held in index.held:
+            if first not in held:
+                out.append(0)
+                continue
+            n = 0
+            for h in hashes:
+                if h not in held:
+                    break
+                n += 1
+            out.append(min(cap, n * bs))
+        return out
 
     def _media_hit_tokens(self, request: RequestView) -> list[int]:
         """Media tokens expected cached per replica: the request's media tokens times the
@@ -242,11 +340,11 @@ class Router:
                 if age_s < 0.0:
                     age_s = 0.0
             samples = book.ttft_samples_s
-            # Positional: this runs for every replica on every decision, and keyword
-            # construction of a 21-field frozen record costs ~40% more. The router tests
-            # compare these views field by field, so an order change cannot pass silently.
+            # Positional, through the fast constructor: this runs for every replica on
+            # every decision. The router tests compare these views field by field, so an
+            # order change cannot pass silently.
             views.append(
-                ReplicaView(
+                _replica_view(
                     i,
                     info.name,
                     book.in_flight_requests,
