@@ -266,13 +266,14 @@ class EngineReplica:
         to_finish = 1 << 62
         context = 0
         slacks = []
+        slacks_append = slacks.append
         for r in running:
             left = r.output_tokens - r.num_emitted_tokens
             if left < to_finish:
                 to_finish = left
             computed = r.num_computed_tokens
             context += computed
-            slacks.append(
+            slacks_append(
                 (r.held_blocks - r.units_end_blocks) * block_size - (computed - r.units_end_tokens)
             )
         max_steps = steps_within_kv(slacks, to_finish, sched.ledger.num_free_blocks, block_size)
@@ -337,16 +338,16 @@ class EngineReplica:
         finished: list[EngineRequest] = []
         total_new_blocks = 0
         slacks = plan.slacks
-        for i, req in enumerate(running):
-            slack = slacks[i]
+        for req, slack in zip(running, slacks, strict=False):
             if steps > slack:
                 extra = (steps - slack + block_size - 1) // block_size
                 req.plain_blocks += extra
                 req.held_blocks += extra
                 total_new_blocks += extra
             req.num_computed_tokens += steps
-            req.num_emitted_tokens += steps
-            if req.num_emitted_tokens >= req.output_tokens:
+            emitted = req.num_emitted_tokens + steps
+            req.num_emitted_tokens = emitted
+            if emitted >= req.output_tokens:
                 finished.append(req)
         sched.ledger.allocate(total_new_blocks)
         sched.generation_tokens += steps * plan.batch_size

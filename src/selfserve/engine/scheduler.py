@@ -162,10 +162,21 @@ class Scheduler:
             if need + hit_free_blocks > ledger.num_free_blocks:
                 break
             waiting.popleft()
-            held = req.held_units
-            for k in range(hits):
-                ledger.acquire(req.unit_hashes[k])
-                held.append(req.unit_hashes[k])
+            if hits:
+                # reference the hit units (ledger.acquire, inlined: one call per unit)
+                held = req.held_units
+                unit_hashes = req.unit_hashes
+                refs = ledger.cached_refs
+                cached_blocks = ledger.cached_blocks
+                free_queue = ledger.free_queue
+                for k in range(hits):
+                    unit_hash = unit_hashes[k]
+                    count = refs[unit_hash]
+                    if count == 0:
+                        del free_queue[unit_hash]
+                        ledger.num_free_blocks -= cached_blocks[unit_hash]
+                    refs[unit_hash] = count + 1
+                    held.append(unit_hash)
             ledger.allocate(need)
             req.plain_blocks = need
             req.held_blocks = hit_blocks + need
