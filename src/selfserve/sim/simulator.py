@@ -180,12 +180,6 @@ class _Run:
             self.rejected[k] = exc.reason
             self.router.on_complete(rid, arrival_s, 0, ok=False)
 
-    def _deliver(self, time_s: float, kind: int, req: EngineRequest) -> None:
-        if kind == FIRST_TOKEN:
-            self.router.on_first_token(req.request_id, time_s)
-        else:
-            self.router.on_complete(req.request_id, time_s, req.num_emitted_tokens, True)
-
     def _tell_progress(self, k: int) -> None:
         if self.progress is not None and (k % 1000 == 0 or k == len(self.requests)):
             self.progress(k, len(self.requests))
@@ -237,9 +231,16 @@ class _Run:
             del events[:n]
         if not pending:
             return
-        pending.sort(key=lambda e: (e[0], e[1], e[2]))
-        for time_s, _, _, kind, req in pending:
-            self._deliver(time_s, kind, req)
+        if len(pending) > 1:
+            pending.sort(key=lambda e: (e[0], e[1], e[2]))
+        router = self.router
+        on_first_token = router.on_first_token
+        on_complete = router.on_complete
+        for time_s, _, _, kind, req in pending:  # router methods bound once per call
+            if kind == FIRST_TOKEN:
+                on_first_token(req.request_id, time_s)
+            else:
+                on_complete(req.request_id, time_s, req.num_emitted_tokens, True)
 
     # ---- step mode (reference) --------------------------------------------------------
     def run_step(self) -> None:
