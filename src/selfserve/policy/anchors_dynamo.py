@@ -119,8 +119,9 @@ class DynamoKVPolicy(AnchorPolicy):
             prefill = max(
                 0.0, (isl + state.prefill_tokens) / bs - self.overlap_score_credit * overlap
             )
-            refs = state.block_refs
-            new_blocks = tail + sum(1 for h in hashes if h not in refs)
+            # blocks of this request not yet active on the worker; map/sum counts in C
+            # (this runs per worker per decision)
+            new_blocks = tail + len(hashes) - sum(map(state.block_refs.__contains__, hashes))
             decode = state.active_blocks + new_blocks
             active = (
                 sum(1 for a in self._active.values() if a.worker == w)
