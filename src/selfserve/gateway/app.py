@@ -1,6 +1,8 @@
-"""The gateway server: aiohttp routes, authentication, admin endpoints, start and drain.
+"""The gateway server: routes, authentication, admin endpoints, start and drain.
 
-`Gateway(config)` assembles the parts — `BackendPool` (upstreams, health, scraped metrics),
+Every route is served on one port by the lean `HttpServer` (`http_server`): the completion
+routes are the hot path, and the few others (`/v1/models`, `/health`, `/metrics`,
+`/admin/policy`) are small request/reply handlers. `Gateway(config)` assembles the parts — `BackendPool` (upstreams, health, scraped metrics),
 one `Router` driven by `PolicyArms` (incumbent + canary), `GatewayMetrics`, the request
 recorder and the `CompletionProxy` — and serves them. `await gateway.start()` binds (port 0
 picks a free one, see `gateway.port`); `await gateway.stop()` stops accepting, answers
@@ -16,12 +18,12 @@ import logging
 from typing import Any
 
 import orjson
-from aiohttp import web
 
 from selfserve.gateway.arms import PolicyArms, PolicyValidationError
 from selfserve.gateway.backends import BackendPool
 from selfserve.gateway.config import CanaryConfig, GatewayConfig, GatewayConfigError, parse_canary
-from selfserve.gateway.errors import ApiError
+from selfserve.gateway.errors import ApiError, check_body_size
+from selfserve.gateway.http_server import HttpRequest, HttpServer, HttpServerProtocol, Reply
 from selfserve.gateway.metrics import GatewayMetrics
 from selfserve.gateway.proxy import CompletionProxy
 from selfserve.gateway.recorder import RequestRecorder
@@ -32,9 +34,16 @@ log = logging.getLogger("selfserve.gateway")
 LOG_FLUSH_INTERVAL_S = 0.5
 
 
-def _bearer(request: web.Request) -> str:
-    header = request.headers.get("Authorization", "")
+_JSON_TEXT = b"application/json"
+
+
+def _bearer(request: HttpRequest) -> str:
+    header = request.header(b"authorization") or ""
     return header[7:].strip() if header[:7].lower() == "bearer " else ""
+
+
+def _json(payload: Any, status: int = 200) -> Reply:
+    return Reply(status, orjson.dumps(payload, default=str))
 
 
 def _key_matches(given: str, keys: tuple[str, ...]) -> bool:
@@ -69,25 +78,23 @@ class Gateway:
         self.proxy = CompletionProxy(
             config, self.pool, self.router, self.arms, self.metrics, self.recorder
         )
-        self.app = self._build_app()
-        self._runner: web.AppRunner | None = None
+        self._routes = {
+            ("POST", "/v1/chat/completions"): self._chat,
+            ("POST", "/v1/completions"): self._completions,
+            ("GET", "/v1/models"): self._models,
+            ("GET", "/health"): self._health,
+            ("GET", "/metrics"): self._metrics,
+            ("GET", "/admin/policy"): self._get_policy,
+            ("POST", "/admin/policy"): self._post_policy,
+        }
+        self._methods: dict[str, list[str]] = {}
+        for method, path in self._routes:
+            self._methods.setdefault(path, []).append(method)
+        self._server: HttpServer | None = None
         self._flusher: asyncio.Task | None = None
         self.port = config.port
 
     # ---- lifecycle ------------------------------------------------------------------------
-    def _build_app(self) -> web.Application:
-        app = web.Application(
-            client_max_size=self.config.limits.max_body_bytes, middlewares=[self._errors_middleware]
-        )
-        app.router.add_post("/v1/chat/completions", self._chat)
-        app.router.add_post("/v1/completions", self._completions)
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_get("/health", self._health)
-        app.router.add_get("/metrics", self._metrics)
-        app.router.add_get("/admin/policy", self._get_policy)
-        app.router.add_post("/admin/policy", self._post_policy)
-        return app
-
     async def start(self) -> int:
         """Start background loops and listen; returns the bound port."""
         await self.pool.start()
@@ -95,22 +102,10 @@ class Gateway:
             self.metrics.backend_healthy.labels(up.name).set(
                 1 if self.pool.healthy[up.index] else 0
             )
-        # handler_cancellation: a client that disconnects cancels its handler, whose
-        # cleanup closes the upstream connection so the engine stops generating
-        self._runner = web.AppRunner(
-            self.app,
-            handler_cancellation=True,
-            access_log=None,
-            shutdown_timeout=self.config.drain_timeout_s,
-        )
-        await self._runner.setup()
-        site = web.TCPSite(
-            self._runner, self.config.host, self.config.port, backlog=2048, reuse_address=True
-        )
-        await site.start()
-        server = site._server  # aiohttp exposes the bound socket only here
-        if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
+        # a client that disconnects cancels its request's task, whose cleanup closes the
+        # upstream connection so the engine stops generating
+        self._server = HttpServer(self._dispatch, max_body_bytes=self.config.limits.max_body_bytes)
+        self.port = await self._server.listen(self.config.host, self.config.port)
         if self.recorder.enabled:
             self._flusher = asyncio.create_task(self._flush_log(), name="log-flush")
         log.info("gateway listening on http://%s:%d", self.config.host, self.port)
@@ -129,9 +124,9 @@ class Gateway:
         deadline = asyncio.get_running_loop().time() + self.config.drain_timeout_s
         while self.proxy.num_in_flight and asyncio.get_running_loop().time() < deadline:
             await asyncio.sleep(0.05)
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self._server is not None:
+            await self._server.close()
+            self._server = None
         await self.pool.close()
         if self._flusher is not None:
             self._flusher.cancel()
@@ -141,27 +136,28 @@ class Gateway:
     def _health_changed(self, index: int, is_up: bool) -> None:
         self.metrics.backend_healthy.labels(self.pool.upstreams[index].name).set(1 if is_up else 0)
 
-    # ---- middleware and auth ----------------------------------------------------------------
-    @web.middleware
-    async def _errors_middleware(self, request: web.Request, handler) -> web.StreamResponse:
+    # ---- dispatch and auth -------------------------------------------------------------------
+    async def _dispatch(self, request: HttpRequest, conn: HttpServerProtocol) -> Reply | None:
+        route = self._routes.get((request.method, request.path))
         try:
-            return await handler(request)
+            if route is None:
+                allowed = self._methods.get(request.path)
+                if allowed is None:
+                    raise ApiError(
+                        404,
+                        f"no route {request.method} {request.path}; see /v1/chat/completions, /v1/completions, /v1/models",
+                        code="not_found",
+                    )
+                raise ApiError(
+                    405,
+                    f"method {request.method} not allowed on {request.path}; allowed: {', '.join(sorted(allowed))}",
+                )
+            return await route(request, conn)
         except ApiError as exc:
             self.metrics.errors.labels(exc.kind).inc()
             return exc.response()
-        except web.HTTPNotFound:
-            return ApiError(
-                404,
-                f"no route {request.method} {request.path}; see /v1/chat/completions, /v1/completions, /v1/models",
-                code="not_found",
-            ).response()
-        except web.HTTPMethodNotAllowed as exc:
-            return ApiError(
-                405,
-                f"method {request.method} not allowed on {request.path}; allowed: {', '.join(sorted(exc.allowed_methods))}",
-            ).response()
 
-    def _check_client(self, request: web.Request) -> None:
+    def _check_client(self, request: HttpRequest) -> None:
         if self.config.api_keys and not _key_matches(_bearer(request), self.config.api_keys):
             raise ApiError(
                 401,
@@ -169,7 +165,7 @@ class Gateway:
                 code="invalid_api_key",
             )
 
-    def _check_admin(self, request: web.Request) -> None:
+    def _check_admin(self, request: HttpRequest) -> None:
         if not self.config.admin_key:
             raise ApiError(
                 403,
@@ -184,22 +180,20 @@ class Gateway:
             )
 
     # ---- handlers ---------------------------------------------------------------------------
-    async def _chat(self, request: web.Request) -> web.StreamResponse:
+    async def _chat(self, request: HttpRequest, conn: HttpServerProtocol) -> Reply | None:
         self._check_client(request)
-        return await self.proxy.handle(request, "chat")
+        return await self.proxy.handle(request, conn, "chat")
 
-    async def _completions(self, request: web.Request) -> web.StreamResponse:
+    async def _completions(self, request: HttpRequest, conn: HttpServerProtocol) -> Reply | None:
         self._check_client(request)
-        return await self.proxy.handle(request, "completions")
+        return await self.proxy.handle(request, conn, "completions")
 
-    async def _models(self, request: web.Request) -> web.Response:
+    async def _models(self, request: HttpRequest, conn: HttpServerProtocol) -> Reply:
         self._check_client(request)
         data = await self.pool.list_models()
-        return web.json_response(
-            {"object": "list", "data": data}, dumps=lambda o: orjson.dumps(o).decode()
-        )
+        return _json({"object": "list", "data": data})
 
-    async def _health(self, request: web.Request) -> web.Response:
+    async def _health(self, request: HttpRequest, conn: HttpServerProtocol) -> Reply:
         healthy = sum(self.pool.healthy)
         status = "draining" if self.proxy.draining else ("ok" if healthy else "no healthy backend")
         body = {
@@ -215,25 +209,23 @@ class Gateway:
             "policy": self.arms.incumbent.label,
             "canary": self.arms.candidate.label if self.arms.candidate else None,
         }
-        return web.json_response(body, status=200 if status == "ok" else 503)
+        return _json(body, 200 if status == "ok" else 503)
 
-    async def _metrics(self, request: web.Request) -> web.Response:
-        return web.Response(
-            body=self.metrics.exposition(),
-            headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    async def _metrics(self, request: HttpRequest, conn: HttpServerProtocol) -> Reply:
+        return Reply(
+            200, self.metrics.exposition(), content_type=b"text/plain; version=0.0.4; charset=utf-8"
         )
 
-    async def _get_policy(self, request: web.Request) -> web.Response:
+    async def _get_policy(self, request: HttpRequest, conn: HttpServerProtocol) -> Reply:
         self._check_admin(request)
-        return web.json_response(
-            self.arms.describe(), dumps=lambda o: orjson.dumps(o, default=str).decode()
-        )
+        return _json(self.arms.describe())
 
-    async def _post_policy(self, request: web.Request) -> web.Response:
+    async def _post_policy(self, request: HttpRequest, conn: HttpServerProtocol) -> Reply:
         """Body: `{"policy": spec}` swaps at once; `{"canary": {...}}` starts a canary."""
         self._check_admin(request)
+        check_body_size(request, self.config.limits.max_body_bytes)
         try:
-            doc: Any = orjson.loads(await request.read())
+            doc: Any = orjson.loads(request.body)
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
         if not isinstance(doc, dict) or ("policy" in doc) == ("canary" in doc):
@@ -259,12 +251,11 @@ class Gateway:
                 code="invalid_policy",
             ) from exc
         self.metrics.policy_events.labels(event.event).inc()
-        return web.json_response(
+        return _json(
             {
                 "event": event.event,
                 "arm": event.arm,
                 "reason": event.reason,
                 "state": self.arms.describe(),
-            },
-            dumps=lambda o: orjson.dumps(o, default=str).decode(),
+            }
         )

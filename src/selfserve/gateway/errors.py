@@ -7,7 +7,8 @@ these to their exception classes by status, so each kind of failure has its own.
 from __future__ import annotations
 
 import orjson
-from aiohttp import web
+
+from selfserve.gateway.http_server import HttpRequest, Reply
 
 _TYPES = {
     400: "invalid_request_error",
@@ -56,12 +57,21 @@ class ApiError(Exception):
     def body(self) -> bytes:
         return orjson.dumps(self.payload())
 
-    def response(self) -> web.Response:
-        headers = {"WWW-Authenticate": "Bearer"} if self.status == 401 else None
-        return web.Response(
-            status=self.status, body=self.body(), content_type="application/json", headers=headers
-        )
+    def response(self) -> Reply:
+        headers = ((b"WWW-Authenticate", b"Bearer"),) if self.status == 401 else ()
+        return Reply(self.status, self.body(), headers=headers)
 
     def sse_event(self) -> bytes:
         """The same error as a final server-sent event, for failures after streaming began."""
         return b"data: " + self.body() + b"\n\n"
+
+
+def check_body_size(request: HttpRequest, limit_bytes: int) -> None:
+    """413 for a body the server did not read because it was over the limit."""
+    if request.body_too_large:
+        size = f"of {request.content_length} bytes " if request.content_length is not None else ""
+        raise ApiError(
+            413,
+            f"request body {size}exceeds the limit of {limit_bytes} bytes",
+            code="request_too_large",
+        )

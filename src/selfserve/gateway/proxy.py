@@ -5,6 +5,7 @@ The path: read and validate the body → features → arm (incumbent or canary) 
 byte (connect error, 5xx, timeout, a stream that dies before its first event) tells the
 Router the attempt failed and retries on a backend not yet tried, at most `max_retries`
 times. Once the first byte is sent to the client the request is committed to its backend:
+the `SseRelay` then streams the rest straight from the upstream connection's callbacks, and
 a later failure ends the stream with an explicit error event. A client that disconnects
 cancels the handler, which closes the upstream connection (aborting the engine's work).
 Whatever happens, the finally-block completes the Router's bookkeeping, updates metrics
@@ -20,37 +21,27 @@ import time
 from itertools import count
 
 import orjson
-from aiohttp import web
 
 from selfserve.gateway.arms import Arm, PolicyArms
 from selfserve.gateway.backends import BackendPool
 from selfserve.gateway.config import GatewayConfig
-from selfserve.gateway.errors import ApiError
+from selfserve.gateway.errors import ApiError, check_body_size
 from selfserve.gateway.features import RequestFeatures, extract_features
+from selfserve.gateway.http_server import HttpRequest, HttpServerProtocol, Reply
 from selfserve.gateway.metrics import GatewayMetrics
 from selfserve.gateway.recorder import Outcome, RequestRecorder
+from selfserve.gateway.sse_relay import SseRelay, take_usage
 from selfserve.gateway.upstream import UpstreamBroken, UpstreamResponse, UpstreamUnavailable
 from selfserve.policy.router import Router, RoutingError
 from selfserve.policy.snapshot import RequestView
 
 _PATHS = {"chat": "/v1/chat/completions", "completions": "/v1/completions"}
-_SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
+_SSE_HEADERS = (
+    (b"Content-Type", b"text/event-stream"),
+    (b"Cache-Control", b"no-cache"),
+    (b"X-Accel-Buffering", b"no"),
+)
 _DONE = b"data: [DONE]\n\n"
-
-
-class _SseResponse(web.StreamResponse):
-    """A streaming response whose headers go out with the first events, not on their own:
-    one system call fewer per request (aiohttp's plain `Response` already does this)."""
-
-    _send_headers_immediately = False
-
-
-class ClientGone(Exception):
-    """The client closed its connection while we were writing to it."""
 
 
 class CompletionProxy:
@@ -79,16 +70,19 @@ class CompletionProxy:
         self.draining = False
 
     # ---- entry ------------------------------------------------------------------------
-    async def handle(self, request: web.Request, endpoint: str) -> web.StreamResponse:
+    async def handle(
+        self, request: HttpRequest, conn: HttpServerProtocol, endpoint: str
+    ) -> Reply | None:
+        """Serve one completion: a whole `Reply`, or None once it was streamed on `conn`."""
         loop = asyncio.get_running_loop()
         arrival_mono_s = loop.time()
         arrival_unix_s = time.time()
         try:
-            body_bytes, body = await self._read(request)
+            body_bytes, body = self._read(request)
             features = extract_features(
                 endpoint,
                 body,
-                session_header=request.headers.get("x-session-id"),
+                session_header=request.header(b"x-session-id"),
                 block_size=self.config.block_size,
             )
             if not self.pool.serving(features.model):
@@ -122,31 +116,14 @@ class CompletionProxy:
         self.num_in_flight += 1
         self.metrics.in_flight.inc()
         try:
-            return await self._serve(request, endpoint, body_bytes, body, features, outcome)
+            return await self._serve(conn, endpoint, body_bytes, body, features, outcome)
         finally:
             self.num_in_flight -= 1
             self.metrics.in_flight.dec()
 
-    async def _read(self, request: web.Request) -> tuple[bytes, object]:
-        limit = self.config.limits.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            raise ApiError(
-                413,
-                f"request body of {request.content_length} bytes exceeds the limit of {limit} bytes",
-                code="request_too_large",
-            )
-        try:
-            body_bytes = await request.read()
-        except web.HTTPRequestEntityTooLarge as exc:
-            raise ApiError(
-                413, f"request body exceeds the limit of {limit} bytes", code="request_too_large"
-            ) from exc
-        if len(body_bytes) > limit:
-            raise ApiError(
-                413,
-                f"request body of {len(body_bytes)} bytes exceeds the limit of {limit} bytes",
-                code="request_too_large",
-            )
+    def _read(self, request: HttpRequest) -> tuple[bytes, object]:
+        check_body_size(request, self.config.limits.max_body_bytes)
+        body_bytes = request.body
         try:
             return body_bytes, orjson.loads(body_bytes)
         except orjson.JSONDecodeError as exc:
@@ -157,13 +134,13 @@ class CompletionProxy:
     # ---- the accepted request ---------------------------------------------------------------
     async def _serve(
         self,
-        request: web.Request,
+        conn: HttpServerProtocol,
         endpoint: str,
         body_bytes: bytes,
         body: dict,
         features: RequestFeatures,
         outcome: Outcome,
-    ) -> web.StreamResponse:
+    ) -> Reply | None:
         arm = self.arms.pick(outcome.request_id, features.session_id)
         outcome.arm = arm.label
         if features.stream and not features.client_wants_usage:
@@ -174,22 +151,36 @@ class CompletionProxy:
             body_bytes = orjson.dumps(body)
         routed_id: str | None = None
         upstream: UpstreamResponse | None = None
-        response: web.StreamResponse | None = None
+        streaming = False
         try:
             async with asyncio.timeout(self.config.limits.request_timeout_s):
-                routed_id, upstream, first_event = await self._open_with_retries(
+                routed_id, upstream, first = await self._open_with_retries(
                     endpoint, body_bytes, features, outcome, arm
                 )
                 if upstream.status != 200:
                     return await self._pass_error(upstream, outcome)
-                if features.stream:
-                    response = _SseResponse(status=200, headers=_SSE_HEADERS)
-                    await response.prepare(request)
-                    await self._stream(
-                        request, response, upstream, first_event, features, outcome, routed_id
-                    )
-                    return response
-                return await self._whole(upstream, outcome, routed_id)
+                if not features.stream:
+                    return await self._whole(upstream, outcome, routed_id)
+                ttft_hist, itl_hist, _ = self.metrics.latency_children(outcome.backend, outcome.arm)
+                relay = SseRelay(
+                    conn,
+                    upstream.conn,
+                    upstream.backend,
+                    outcome,
+                    routed_id,
+                    self.router,
+                    strip_usage=not features.client_wants_usage,
+                    ttft_hist=ttft_hist,
+                    itl_hist=itl_hist,
+                )
+                conn.start_stream(200, _SSE_HEADERS)
+                streaming = True
+                relay.start(*first)
+                if not relay.done.done():
+                    await relay.done
+                relay.done.result()  # raises the relay's UpstreamBroken
+                upstream.finish()
+                return None
         except ApiError as exc:
             outcome.status, outcome.error, outcome.http_status = "error", exc.message, exc.status
             self.metrics.errors.labels(exc.kind).inc()
@@ -198,29 +189,29 @@ class CompletionProxy:
             message = f"request timed out after {self.config.limits.request_timeout_s:g} s"
             outcome.status, outcome.error = "error", message
             self.metrics.errors.labels("timeout").inc()
-            if response is None:
+            if not streaming:
                 outcome.http_status = 504
                 return ApiError(504, message, code="timeout").response()
-            await self._end_stream_with_error(response, ApiError(504, message, code="timeout"))
-            return response
+            self._end_stream_with_error(conn, ApiError(504, message, code="timeout"))
+            return None
         except UpstreamBroken as exc:
             outcome.status, outcome.error = "error", exc.reason
             self.metrics.errors.labels("midstream").inc()
-            if response is None:
+            if not streaming:
                 outcome.http_status = 502
                 return ApiError(
                     502, f"backend {exc.backend} failed: {exc.reason}", code="upstream_error"
                 ).response()
-            await self._end_stream_with_error(
-                response,
+            self._end_stream_with_error(
+                conn,
                 ApiError(
                     502,
                     f"backend {exc.backend} failed mid-stream: {exc.reason}",
                     code="upstream_error",
                 ),
             )
-            return response
-        except (ClientGone, asyncio.CancelledError, ConnectionResetError):
+            return None
+        except (asyncio.CancelledError, ConnectionResetError):
             outcome.status, outcome.error, outcome.http_status = "error", "client disconnected", 499
             self.metrics.errors.labels("disconnect").inc()
             raise
@@ -236,7 +227,7 @@ class CompletionProxy:
         features: RequestFeatures,
         outcome: Outcome,
         arm: Arm,
-    ) -> tuple[str, UpstreamResponse, list[bytes] | None]:
+    ) -> tuple[str, UpstreamResponse, tuple[list[bytes], bytes]]:
         loop = asyncio.get_running_loop()
         serving = set(self.pool.serving(features.model))
         tried: set[int] = set()
@@ -279,10 +270,10 @@ class CompletionProxy:
             response: UpstreamResponse | None = None
             try:
                 response = await upstream.open(_PATHS[endpoint], body_bytes)
-                first_event = None
+                first: tuple[list[bytes], bytes] = ([], b"")
                 if features.stream and response.status == 200:
-                    first_event = await self._first_batch(response)
-                return routed_id, response, first_event
+                    first = await self._first_events(response)
+                return routed_id, response, first
             except (UpstreamUnavailable, UpstreamBroken) as exc:
                 if response is not None:
                     response.close()
@@ -310,22 +301,18 @@ class CompletionProxy:
             kind="upstream",
         )
 
-    async def _first_batch(self, response: UpstreamResponse) -> list[bytes]:
-        # a stall here ends in the session's read timeout (an UpstreamBroken): retryable
-        events = response.event_batches()
-        try:
-            first = await anext(events)
-        except StopAsyncIteration as exc:
-            raise UpstreamUnavailable(
-                response.backend, "stream ended before its first event"
-            ) from exc
-        except UpstreamBroken as exc:
-            raise UpstreamUnavailable(response.backend, exc.reason) from exc
-        response.pending = events
-        return first
+    @staticmethod
+    async def _first_events(response: UpstreamResponse) -> tuple[list[bytes], bytes]:
+        # a stall here ends in the connection's read timeout: retryable, nothing was sent
+        events, rest = await response.first_events()
+        if not events:
+            if not rest.strip():
+                raise UpstreamUnavailable(response.backend, "stream ended before its first event")
+            events, rest = [rest], b""  # one unterminated event, then the end of the body
+        return events, rest
 
     # ---- response bodies ----------------------------------------------------------------
-    async def _pass_error(self, upstream: UpstreamResponse, outcome: Outcome) -> web.Response:
+    async def _pass_error(self, upstream: UpstreamResponse, outcome: Outcome) -> Reply:
         """A 4xx from the engine: the request itself was at fault; pass it through."""
         body = await upstream.read()
         outcome.status, outcome.http_status = "error", upstream.status
@@ -334,136 +321,22 @@ class CompletionProxy:
         except (orjson.JSONDecodeError, KeyError, TypeError):
             outcome.error = f"backend answered HTTP {upstream.status}"
         self.metrics.errors.labels("client").inc()
-        return web.Response(status=upstream.status, body=body, content_type="application/json")
+        return Reply(upstream.status, body)
 
-    async def _whole(
-        self, upstream: UpstreamResponse, outcome: Outcome, routed_id: str
-    ) -> web.Response:
+    async def _whole(self, upstream: UpstreamResponse, outcome: Outcome, routed_id: str) -> Reply:
         body = await upstream.read()
         now = asyncio.get_running_loop().time()
         outcome.first_token_mono_s = outcome.last_token_mono_s = now
         self.router.on_first_token(routed_id, now)
         try:
-            self._take_usage(orjson.loads(body).get("usage"), outcome)
+            take_usage(orjson.loads(body).get("usage"), outcome)
         except (orjson.JSONDecodeError, AttributeError):
             pass
-        return web.Response(status=200, body=body, content_type="application/json")
-
-    async def _stream(
-        self,
-        request: web.Request,
-        response: web.StreamResponse,
-        upstream: UpstreamResponse,
-        first_batch: list[bytes] | None,
-        features: RequestFeatures,
-        outcome: Outcome,
-        routed_id: str,
-    ) -> None:
-        loop = asyncio.get_running_loop()
-        strip_usage = not features.client_wants_usage
-        ttft_hist, itl_hist, _ = self.metrics.latency_children(outcome.backend, outcome.arm)
-        batches = upstream.pending or upstream.event_batches()
-        batch = first_batch
-        saw_done = False
-        while batch is not None:
-            now = loop.time()
-            forward = []
-            for event in batch:
-                if event.startswith(b"data: "):
-                    payload = event[6:].strip()
-                    if payload == b"[DONE]":
-                        saw_done = True
-                    elif not self._account_chunk(
-                        payload, outcome, routed_id, now, strip_usage, ttft_hist, itl_hist
-                    ):
-                        continue
-                forward.append(event)
-                if saw_done:
-                    break
-            data = b"".join(forward)
-            try:
-                if saw_done:
-                    # the last events and the end of the chunked body in one write
-                    await response.write_eof(data)
-                    await upstream.finish()
-                    return
-                if data:
-                    await response.write(data)
-            except (ConnectionResetError, RuntimeError) as exc:
-                raise ClientGone() from exc
-            batch = await anext(batches, None)
-        raise UpstreamBroken(upstream.backend, "stream ended without [DONE]")
-
-    def _account_chunk(
-        self,
-        payload: bytes,
-        outcome: Outcome,
-        routed_id: str,
-        now: float,
-        strip_usage: bool,
-        ttft_hist,
-        itl_hist,
-    ) -> bool:
-        """Update token timing from one SSE chunk; False if the chunk must not be forwarded."""
-        try:
-            chunk = orjson.loads(payload)
-        except orjson.JSONDecodeError:
-            return True
-        if not isinstance(chunk, dict):
-            return True
-        if "error" in chunk and chunk["error"]:
-            raise UpstreamBroken(
-                outcome.backend, f"engine error event: {str(chunk['error'])[:200]}"
-            )
-        usage = chunk.get("usage")
-        if usage:
-            self._take_usage(usage, outcome)
-        choices = chunk.get("choices")
-        if not choices:
-            return not (usage and strip_usage)
-        choice = choices[0]
-        delta = choice.get("delta")
-        has_token = (
-            bool(choice.get("text"))
-            if delta is None
-            else bool(
-                delta.get("content") or delta.get("reasoning_content") or delta.get("tool_calls")
-            )
-        )
-        if has_token:
-            outcome.token_events += 1
-            if outcome.first_token_mono_s is None:
-                outcome.first_token_mono_s = now
-                self.router.on_first_token(routed_id, now)
-                ttft_hist.observe(now - outcome.arrival_mono_s)
-            else:
-                gap = now - outcome.last_token_mono_s
-                outcome.gap_sum_s += gap
-                outcome.num_gaps += 1
-                itl_hist.observe(gap)
-            outcome.last_token_mono_s = now
-        return True
+        return Reply(200, body)
 
     @staticmethod
-    def _take_usage(usage: object, outcome: Outcome) -> None:
-        if not isinstance(usage, dict):
-            return
-        if isinstance(usage.get("prompt_tokens"), int):
-            outcome.usage_prompt_tokens = usage["prompt_tokens"]
-        if isinstance(usage.get("completion_tokens"), int):
-            outcome.usage_output_tokens = usage["completion_tokens"]
-        details = usage.get("prompt_tokens_details")
-        if isinstance(details, dict) and isinstance(details.get("cached_tokens"), int):
-            outcome.cached_tokens = details["cached_tokens"]
-
-    @staticmethod
-    async def _end_stream_with_error(response: web.StreamResponse, error: ApiError) -> None:
-        try:
-            await response.write(error.sse_event())
-            await response.write(_DONE)
-            await response.write_eof()
-        except (ConnectionResetError, RuntimeError):
-            pass
+    def _end_stream_with_error(conn: HttpServerProtocol, error: ApiError) -> None:
+        conn.end_stream(error.sse_event() + _DONE)
 
     # ---- bookkeeping ------------------------------------------------------------------------
     def _finish(self, outcome: Outcome, routed_id: str | None, arm: Arm) -> None:

@@ -1,8 +1,9 @@
 """The one interface the gateway uses to talk to an engine: `Upstream`.
 
-An `Upstream` is one OpenAI-compatible backend (vLLM, SGLang, a selfserve twin) behind a
-pooled aiohttp `ClientSession`. It opens completions (the caller streams the body event by
-event or reads it whole), fetches `/v1/models`, probes health and reads `/metrics`.
+An `Upstream` is one OpenAI-compatible backend (vLLM, SGLang, a selfserve twin). Completions
+— the hot path — go through the lean keep-alive pool of `http_client` (the caller streams
+the body or reads it whole); the occasional GETs (`/v1/models`, health probes, `/metrics`
+scrapes) use an aiohttp `ClientSession`.
 Failures that happen before any response byte raise `UpstreamUnavailable`, which is what
 makes a retry on another backend safe.
 """
@@ -10,12 +11,17 @@ makes a retry on another backend safe.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import aiohttp
 
 from selfserve.gateway.config import BackendConfig
+from selfserve.gateway.http_client import (
+    ClientConnection,
+    ConnectionFailed,
+    ConnectionPool,
+    ReadTimeout,
+)
 
 SSE_SEPARATOR = b"\n\n"
 
@@ -41,62 +47,59 @@ class UpstreamBroken(Exception):
 
 @dataclass(slots=True)
 class UpstreamResponse:
-    """An open response from a backend; the caller must `close()` it."""
+    """An open response from a backend on a pooled connection; the caller must end it with
+    `finish()` (body read to its end: the connection is reused) or `close()` (abort)."""
 
     backend: str
     status: int
     content_type: str
-    raw: aiohttp.ClientResponse
-    pending: AsyncIterator[list[bytes]] | None = None  # the batch iterator, once reading began
+    conn: ClientConnection
+    is_released: bool = False
 
     async def read(self) -> bytes:
+        """The whole body; the connection goes back to the pool."""
         try:
-            return await self.raw.read()
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            raise UpstreamBroken(self.backend, f"connection lost while reading: {exc!r}") from exc
+            body = await self.conn.read_all()
+        except ConnectionFailed as exc:
+            raise UpstreamBroken(
+                self.backend, f"connection lost while reading: {exc.reason}"
+            ) from exc
+        self.finish()
+        return body
 
-    async def event_batches(self) -> AsyncIterator[list[bytes]]:
-        """Yield the complete SSE events (each ending in a blank line) that have arrived.
+    async def first_events(self) -> tuple[list[bytes], bytes]:
+        """Wait for the first complete SSE event(s): (events without their blank-line
+        separator, the partial event after them).
 
-        One event per batch while the stream is slower than the gateway (token-by-token
-        pass-through); when several are already buffered they come together, so the
-        gateway forwards them in one write instead of one system call each.
-        """
-        content = self.raw.content
+        An empty list means the body ended before any complete event (the leftover bytes
+        are whatever came). A connection failure here is `UpstreamUnavailable`: no byte
+        has reached the client yet, so the request may be retried elsewhere."""
         pending = b""
         try:
             while True:
-                data = await content.readany()
+                data = await self.conn.next_body()
                 if not data:
-                    if pending.strip():
-                        yield [pending]  # an unterminated last event: pass it on as is
-                    return
+                    return [], pending
                 pending += data
-                if SSE_SEPARATOR not in pending:
-                    continue
-                *complete, pending = pending.split(SSE_SEPARATOR)
-                yield [event + SSE_SEPARATOR for event in complete]
-        except (aiohttp.ClientError, ConnectionError) as exc:
-            raise UpstreamBroken(self.backend, f"connection lost mid-stream: {exc!r}") from exc
+                if SSE_SEPARATOR in pending:
+                    *complete, rest = pending.split(SSE_SEPARATOR)
+                    return complete, rest
+        except ConnectionFailed as exc:
+            raise UpstreamUnavailable(self.backend, exc.reason) from exc
 
-    async def finish(self) -> None:
-        """The body reached its logical end (`[DONE]`): read the rest of the framing so the
-        connection goes back to the pool instead of being closed (a new TCP connection per
+    def finish(self) -> None:
+        """The body reached its logical end (`[DONE]`): the rest of the framing is read in
+        the background and the connection goes back to the pool (a new TCP connection per
         request costs more CPU than everything else the gateway does for it)."""
-        content = self.raw.content
-        try:
-            # bounded by the session's sock_read timeout, like every read
-            while not content.at_eof():
-                if not await content.readany():
-                    break
-            self.raw.release()
-        except (TimeoutError, aiohttp.ClientError, ConnectionError):
-            self.raw.close()
+        if not self.is_released:
+            self.is_released = True
+            self.conn.release_when_complete()
 
     def close(self) -> None:
-        """Release the connection; closing before EOF aborts the request on the engine."""
-        if not self.raw.closed:
-            self.raw.close()
+        """Abort unless finished: closing before the end aborts the request on the engine."""
+        if not self.is_released:
+            self.is_released = True
+            self.conn.abort()
 
 
 class Upstream:
@@ -119,8 +122,14 @@ class Upstream:
         self._read_timeout_s = read_timeout_s  # no byte for this long: the backend stalled
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
+        self._pool: ConnectionPool | None = None
 
     async def start(self) -> None:
+        self._pool = ConnectionPool(
+            self.base_url,
+            connect_timeout_s=self._connect_timeout_s,
+            max_connections=self._max_connections,
+        )
         connector = aiohttp.TCPConnector(
             limit=self._max_connections, ttl_dns_cache=300, enable_cleanup_closed=True
         )
@@ -134,6 +143,9 @@ class Upstream:
         )
 
     async def close(self) -> None:
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -144,40 +156,52 @@ class Upstream:
             raise RuntimeError(f"upstream {self.name} is not started")
         return self._session
 
-    async def open(
-        self,
-        path: str,
-        body: bytes,
-        *,
-        headers: dict[str, str] | None = None,
-    ) -> UpstreamResponse:
-        """POST `body` to `path`; return once headers arrive. 5xx and transport errors raise
-        `UpstreamUnavailable`; 4xx is returned (the client's request was at fault)."""
-        send_headers = {"Content-Type": "application/json"}
-        if headers:
-            send_headers.update(headers)
-        try:
-            # no asyncio.timeout here: the session's sock_read timeout bounds the wait for
-            # the response (and every later stall) with a cheaper timer
-            raw = await self.session.post(self.base_url + path, data=body, headers=send_headers)
-        except TimeoutError as exc:
-            raise UpstreamUnavailable(
-                self.name, f"no response within {self._read_timeout_s:g} s"
-            ) from exc
-        except (aiohttp.ClientError, ConnectionError, OSError) as exc:
-            raise UpstreamUnavailable(
-                self.name, f"cannot connect: {exc.__class__.__name__}: {exc}"
-            ) from exc
-        if raw.status >= 500:
+    async def open(self, path: str, body: bytes) -> UpstreamResponse:
+        """POST `body` to `path` on a pooled connection; return once the head arrives.
+
+        5xx and transport failures raise `UpstreamUnavailable`; 4xx is returned (the
+        client's request was at fault). The wait for the head is bounded by the read
+        timeout; a reused keep-alive connection that the backend had closed meanwhile is
+        replaced once, silently (nothing reached the engine)."""
+        pool = self._pool
+        if pool is None:
+            raise RuntimeError(f"upstream {self.name} is not started")
+        request = pool.request_bytes("POST", path, body)
+        for attempt in (0, 1):
             try:
-                detail = (await raw.read())[:300].decode("utf-8", "replace")
-            except (aiohttp.ClientError, ConnectionError):
-                detail = ""
-            raw.close()
-            raise UpstreamUnavailable(
-                self.name, f"HTTP {raw.status} {detail}".strip(), status=raw.status
+                conn, reused = await pool.acquire()
+            except ConnectionFailed as exc:
+                raise UpstreamUnavailable(self.name, exc.reason) from exc
+            conn.send(request, self._read_timeout_s)
+            try:
+                status = await conn.response_head()
+            except ConnectionFailed as exc:
+                conn.abort()
+                stale = reused and not exc.got_response and not isinstance(exc, ReadTimeout)
+                if stale and attempt == 0:
+                    continue
+                if isinstance(exc, ReadTimeout):
+                    raise UpstreamUnavailable(
+                        self.name, f"no response within {self._read_timeout_s:g} s"
+                    ) from exc
+                raise UpstreamUnavailable(self.name, exc.reason) from exc
+            except BaseException:
+                conn.abort()  # cancelled (client gone, request timeout): stop the engine
+                raise
+            response = UpstreamResponse(
+                self.name, status, conn.content_type.decode("latin-1").split(";")[0], conn
             )
-        return UpstreamResponse(self.name, raw.status, raw.content_type, raw)
+            if status >= 500:
+                try:
+                    detail = (await response.read())[:300].decode("utf-8", "replace")
+                except UpstreamBroken:
+                    detail = ""
+                response.close()
+                raise UpstreamUnavailable(
+                    self.name, f"HTTP {status} {detail}".strip(), status=status
+                )
+            return response
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     async def get(self, path: str, timeout_s: float) -> tuple[int, bytes]:
         """GET `path`; transport failures and timeouts raise `UpstreamUnavailable`."""
