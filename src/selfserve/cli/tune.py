@@ -54,9 +54,25 @@ def register(subparsers) -> None:
     )
     parser.add_argument(
         "--objective",
-        choices=("capacity", "goodput", "cost"),
+        choices=("capacity", "capacity-all", "goodput", "cost"),
         default="capacity",
-        help="capacity at the SLO (default), goodput at the recorded rate, cost per 1M tokens at the SLO",
+        help="capacity at the SLO over the requests an idle replica serves in time, guarding "
+        "long prompts (default); capacity-all: over all requests, unguarded; goodput at the "
+        "recorded rate; cost per 1M tokens at the SLO",
+    )
+    parser.add_argument(
+        "--guard-margin",
+        type=float,
+        default=0.05,
+        help="capacity: long prompts may lose at most this attainment vs the best anchor "
+        "(default 0.05)",
+    )
+    parser.add_argument(
+        "--ci-anchors",
+        type=int,
+        default=2,
+        help="bootstrap CIs for the best training anchor and the best N anchors on validation "
+        "(default 2; others get a point ratio)",
     )
     parser.add_argument("--anchors", default="all", help="anchors to beat: all (default) or a,b,c")
     parser.add_argument("--seed", type=int, default=0)
@@ -164,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
         curve_points=args.curve_points,
         search_fraction=search_fraction,
         cache_path=args.cache,
+        guard_margin=args.guard_margin,
+        ci_anchors=args.ci_anchors,
     )
     console.print(
         f"tuning on {len(train)} requests ({args.train}), validating on {len(validate)} ({args.validate}); "
@@ -251,7 +269,7 @@ def _window_record(spec, part, span_s: float, fingerprint) -> dict:
 
 
 def _print_summary(result, doc: dict, out: Path, wall_s: float) -> None:
-    from selfserve.tune.report import TABLE_HEADERS, table_cells, validation_rows
+    from selfserve.tune.report import TABLE_HEADERS, class_note, table_cells, validation_rows
 
     console.print()
     if result.winner_is_anchor:
@@ -268,6 +286,9 @@ def _print_summary(result, doc: dict, out: Path, wall_s: float) -> None:
     for row in validation_rows(result):
         table.add_row(*table_cells(row))
     console.print(table)
+    note = class_note(result)
+    if note:
+        console.print(f"[dim]{note}[/]")
     gain = result.gains.get(result.best_anchor)
     if gain is not None and math.isfinite(gain.ratio):
         console.print(
@@ -277,7 +298,9 @@ def _print_summary(result, doc: dict, out: Path, wall_s: float) -> None:
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {note}")
     console.print(
-        f"{result.evaluations} evaluations ({result.rejected} rejected), search {result.search_s:.0f} s, "
+        f"{result.evaluations} evaluations ({result.rejected} rejected); budget "
+        f"{result.config.budget_s:.0f} s, used {result.search_s:.0f} s up to the winner "
+        f"(anchors, search, {result.finalise_reserve_s:.0f} s kept for the final re-scoring); "
         f"validation {result.validation_s:.0f} s, total {wall_s:.0f} s; policy file: {out}"
     )
 
@@ -307,7 +330,20 @@ def _json_payload(result, doc: dict) -> dict:
         "rejected": result.rejected,
         "proposer_rejected": [{"text": t, "why": w} for t, w in result.proposer_rejected],
         "search_s": result.search_s,
+        "budget_s": result.config.budget_s,
+        "finalise_reserve_s": result.finalise_reserve_s,
         "validation_s": result.validation_s,
+        "long_floor": result.long_floor,
+        "request_classes": {
+            key: {
+                "requests": len(c.feasible),
+                "feasible": c.feasible_count,
+                "long": c.long_count,
+                "long_threshold_tokens": c.long_threshold_tokens,
+            }
+            for key, c in result.classes.items()
+            if "#" not in key
+        },
         "interrupted": result.interrupted,
         "validated": result.validated,
         "notes": result.notes,

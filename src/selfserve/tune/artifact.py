@@ -32,6 +32,9 @@ def evaluation_record(evaluation: Evaluation) -> dict[str, Any]:
         "score": _number(evaluation.score),
         "capacity": _number(evaluation.capacity),
         "p99_ttft_s": _number(evaluation.p99_ttft_s),
+        "all_request_attainment": _number(evaluation.all_attainment),
+        "long_prompt_attainment": _number(evaluation.long_attainment),
+        "long_prompt_p99_ttft_s": _number(evaluation.long_p99_ttft_s),
         "simulations": len(evaluation.probes),
     }
     if evaluation.error:
@@ -57,9 +60,24 @@ def policy_document(
         "cluster": cluster,
         "slo": slo,
         "objective": config.objective,
+        "guard": {
+            "long_prompt_attainment_floor": _number(result.long_floor),
+            "margin": config.guard_margin,
+            "classes": {
+                key: {
+                    "requests": len(c.feasible),
+                    "feasible": c.feasible_count,
+                    "long": c.long_count,
+                    "long_threshold_tokens": c.long_threshold_tokens,
+                }
+                for key, c in result.classes.items()
+                if key in ("train", "validate")
+            },
+        },
         "search": {
             "budget_s": config.budget_s,
             "search_s": round(result.search_s, 1),
+            "finalise_reserve_s": round(result.finalise_reserve_s, 1),
             "validation_s": round(result.validation_s, 1),
             "seed": config.seed,
             "evaluations": result.evaluations,

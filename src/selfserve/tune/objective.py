@@ -1,10 +1,16 @@
 """What a candidate is worth: one policy, one workload, one cluster, one SLO → a score.
 
 Objectives (higher score is better):
-- `capacity` (default): the largest arrival-rate multiplier at which SLO attainment stays
-  ≥ 90%. Found by a geometric bracket around a starting guess, then bisection in log space
-  to a relative tolerance, then linear interpolation of attainment inside the last bracket
-  (a continuous value, so the optimizer sees small improvements). Ties: lower p99 TTFT.
+- `capacity` (default): the largest arrival-rate multiplier at which SLO attainment over the
+  *feasible* requests (those an idle replica would serve in time, see `feasibility`) stays
+  ≥ 90% and — when the plan sets a `long_floor` — the long feasible requests keep at least
+  that attainment (the tuner sets it just below the best anchor's, so a winner cannot buy
+  capacity by giving up on long prompts). Found by a geometric bracket around a starting
+  guess, then bisection in log space to a relative tolerance, then linear interpolation of
+  the pass margin inside the last bracket (a continuous value, so the optimizer sees small
+  improvements). Ties: lower p99 TTFT.
+- `capacity-all`: the same over all requests, no guard (what earlier versions optimised;
+  it rewards giving up on requests that miss the SLO even on an idle replica).
 - `goodput`: requests/s meeting the SLO at the recorded rate (multiplier 1).
 - `cost`: cost per million output tokens at capacity (negated, so higher is better).
 
@@ -21,7 +27,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-OBJECTIVES: tuple[str, ...] = ("capacity", "goodput", "cost")
+from selfserve.tune.feasibility import RequestClasses, class_attainment, classify
+
+OBJECTIVES: tuple[str, ...] = ("capacity", "capacity-all", "goodput", "cost")
+# Objectives whose attainment counts feasible requests only.
+FEASIBLE_OBJECTIVES: frozenset[str] = frozenset({"capacity"})
 ATTAINMENT_TARGET = 0.9
 # The bracket search walks at most this factor away from the starting guess.
 _MAX_BRACKET = 64.0
@@ -36,14 +46,35 @@ class EvalPlan:
     reject_below: float = 0.0  # stop early once capacity is known to be below this rate
     seed: int = 0
     target: float = ATTAINMENT_TARGET
+    long_floor: float = 0.0  # a probe passes only if long requests keep this attainment
+
+    @property
+    def feasible_only(self) -> bool:
+        return self.objective in FEASIBLE_OBJECTIVES
 
 
 @dataclass(frozen=True, slots=True)
 class Probe:
+    """One simulation at one rate. `attainment` is the objective's (feasible requests for
+    `capacity`); `long_attainment` that of the long feasible requests (NaN if unknown)."""
+
     rate: float
     attainment: float
     p99_ttft_s: float
     summary: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    long_attainment: float = math.nan
+    long_floor: float = 0.0
+
+    def margin(self, target: float = ATTAINMENT_TARGET) -> float:
+        """How far the probe is inside the pass region (>= 0 passes): the attainment over
+        the target, or the long requests' attainment over their floor, whichever is less."""
+        value = self.attainment - target
+        if self.long_floor > 0.0 and self.long_attainment == self.long_attainment:
+            value = min(value, self.long_attainment - self.long_floor)
+        return value
+
+    def passes(self, target: float = ATTAINMENT_TARGET) -> bool:
+        return self.margin(target) >= 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,13 +89,17 @@ class Evaluation:
     is_exact: bool  # False when stopped early (rejected or out of simulations)
     error: str | None = None
     wall_s: float = 0.0
+    # At the capacity point (the highest passing probe), per request class; NaN if unknown.
+    all_attainment: float = math.nan
+    long_attainment: float = math.nan
+    long_p99_ttft_s: float = math.nan
 
     @property
     def attainment_curve(self) -> list[tuple[float, float]]:
         return sorted((p.rate, p.attainment) for p in self.probes)
 
     def summary_at_capacity(self) -> Mapping[str, Any]:
-        passing = [p for p in self.probes if p.attainment >= ATTAINMENT_TARGET]
+        passing = [p for p in self.probes if p.passes()]
         if not passing:
             return {}
         return max(passing, key=lambda p: p.rate).summary
@@ -94,12 +129,40 @@ def cost_of(summary: Mapping[str, Any]) -> float:
     return _metric(summary, "cost_per_million_tokens", "cost_per_million_output_tokens")
 
 
-def run_probe(workload, cluster, policy_doc, slo, rate: float, seed: int) -> Probe:
+def run_probe(
+    workload,
+    cluster,
+    policy_doc,
+    slo,
+    rate: float,
+    seed: int,
+    classes: RequestClasses | None = None,
+    *,
+    feasible_only: bool = False,
+    long_floor: float = 0.0,
+) -> Probe:
+    """Simulate once at `rate`; with `classes`, attainment per request class too."""
     from selfserve.sim import simulate  # imported late: worker processes import on demand
 
     result = simulate(workload, cluster, policy_doc, rate_scale=rate, seed=seed, slo=slo)
-    summary = result.summary(slo)
-    return Probe(rate, attainment_of(summary), p99_ttft_of(summary), _plain(summary))
+    summary = _plain(result.summary(slo))
+    attainment, long = attainment_of(summary), math.nan
+    if classes is not None:
+        per_class = class_attainment(result.records, result.slo, classes)
+        summary.update(
+            all_attainment=per_class.all,
+            feasible_attainment=per_class.feasible,
+            long_attainment=per_class.long,
+            long_p99_ttft_s=per_class.long_p99_ttft_s,
+        )
+        long = per_class.long
+        if feasible_only:
+            attainment = per_class.feasible
+    elif feasible_only:
+        raise ValueError("a feasible-only objective needs the workload's request classes")
+    return Probe(
+        rate, attainment, p99_ttft_of(summary), summary, long_attainment=long, long_floor=long_floor
+    )
 
 
 def _plain(summary: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,14 +174,16 @@ def _plain(summary: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def evaluate(workload, cluster, policy_doc, slo, plan: EvalPlan) -> Evaluation:
+def evaluate(
+    workload, cluster, policy_doc, slo, plan: EvalPlan, classes: RequestClasses | None = None
+) -> Evaluation:
     """Score one policy document on one workload; never raises for a bad candidate."""
     import time
 
     started = time.perf_counter()
     try:
         if plan.objective == "goodput":
-            probe = run_probe(workload, cluster, policy_doc, slo, 1.0, plan.seed)
+            probe = run_probe(workload, cluster, policy_doc, slo, 1.0, plan.seed, classes)
             return Evaluation(
                 score=goodput_of(probe.summary),
                 objective="goodput",
@@ -128,8 +193,8 @@ def evaluate(workload, cluster, policy_doc, slo, plan: EvalPlan) -> Evaluation:
                 is_exact=True,
                 wall_s=time.perf_counter() - started,
             )
-        capacity, probes, exact = find_capacity(workload, cluster, policy_doc, slo, plan)
-        at_capacity = _closest_passing(probes, capacity)
+        capacity, probes, exact = find_capacity(workload, cluster, policy_doc, slo, plan, classes)
+        at_capacity = _closest_passing(probes, capacity, plan.target)
         p99 = at_capacity.p99_ttft_s if at_capacity else math.inf
         if plan.objective == "cost":
             cost = cost_of(at_capacity.summary) if at_capacity else math.inf
@@ -144,6 +209,7 @@ def evaluate(workload, cluster, policy_doc, slo, plan: EvalPlan) -> Evaluation:
             probes=tuple(probes),
             is_exact=exact,
             wall_s=time.perf_counter() - started,
+            **_class_fields(at_capacity),
         )
     except Exception as exc:  # a candidate that breaks the simulator is a rejected candidate
         return Evaluation(
@@ -158,19 +224,47 @@ def evaluate(workload, cluster, policy_doc, slo, plan: EvalPlan) -> Evaluation:
         )
 
 
-def _closest_passing(probes: list[Probe], capacity: float) -> Probe | None:
-    passing = [p for p in probes if p.attainment >= ATTAINMENT_TARGET and p.rate <= capacity + 1e-9]
+def _class_fields(probe: Probe | None) -> dict[str, float]:
+    if probe is None:
+        return {}
+    return {
+        "all_attainment": _metric(probe.summary, "all_attainment", "attainment"),
+        "long_attainment": _metric(probe.summary, "long_attainment"),
+        "long_p99_ttft_s": _metric(probe.summary, "long_p99_ttft_s"),
+    }
+
+
+def _closest_passing(
+    probes: list[Probe], capacity: float, target: float = ATTAINMENT_TARGET
+) -> Probe | None:
+    passing = [p for p in probes if p.passes(target) and p.rate <= capacity + 1e-9]
     return max(passing, key=lambda p: p.rate) if passing else None
 
 
 def find_capacity(
-    workload, cluster, policy_doc, slo, plan: EvalPlan
+    workload, cluster, policy_doc, slo, plan: EvalPlan, classes: RequestClasses | None = None
 ) -> tuple[float, list[Probe], bool]:
-    """(capacity multiplier, probes, exact?) by bracket + log bisection + interpolation."""
+    """(capacity multiplier, probes, exact?) by bracket + log bisection + interpolation.
+
+    A feasible-only objective without `classes` classifies the workload first (one idle
+    replay); the tuner passes them in, computed once per workload.
+    """
+    if classes is None and plan.feasible_only:
+        classes = classify(workload, cluster, slo)
     probes: list[Probe] = []
 
     def probe(rate: float) -> Probe:
-        result = run_probe(workload, cluster, policy_doc, slo, rate, plan.seed)
+        result = run_probe(
+            workload,
+            cluster,
+            policy_doc,
+            slo,
+            rate,
+            plan.seed,
+            classes,
+            feasible_only=plan.feasible_only,
+            long_floor=plan.long_floor,
+        )
         probes.append(result)
         return result
 
@@ -178,7 +272,7 @@ def find_capacity(
     lo: Probe | None = None
     hi: Probe | None = None
     first = probe(plan.start_rate)
-    if first.attainment >= target:
+    if first.passes(target):
         lo = first
     else:
         hi = first
@@ -194,7 +288,7 @@ def find_capacity(
             if hi.rate <= plan.start_rate / _MAX_BRACKET:
                 return 0.0, probes, True  # misses the SLO even nearly idle: no capacity
             nxt = probe(hi.rate / step)
-            if nxt.attainment >= target:
+            if nxt.passes(target):
                 lo = nxt
             else:
                 hi = nxt
@@ -202,7 +296,7 @@ def find_capacity(
             if lo.rate >= plan.start_rate * _MAX_BRACKET:
                 break  # meets the SLO far beyond the guess: report what was shown
             nxt = probe(lo.rate * step)
-            if nxt.attainment >= target:
+            if nxt.passes(target):
                 lo = nxt
             else:
                 hi = nxt
@@ -211,13 +305,14 @@ def find_capacity(
         return _extrapolate(probes, target), probes, False
     while hi.rate / lo.rate > 1.0 + plan.rel_tol and len(probes) < plan.max_sims:
         mid = probe(math.sqrt(lo.rate * hi.rate))
-        if mid.attainment >= target:
+        if mid.passes(target):
             lo = mid
         else:
             hi = mid
     exact = hi.rate / lo.rate <= 1.0 + plan.rel_tol
-    span = lo.attainment - hi.attainment
-    fraction = (lo.attainment - target) / span if span > 1e-12 else 0.0
+    low_margin, high_margin = lo.margin(target), hi.margin(target)
+    span = low_margin - high_margin
+    fraction = low_margin / span if span > 1e-12 else 0.0
     capacity = lo.rate + (hi.rate - lo.rate) * min(max(fraction, 0.0), 1.0)
     return capacity, probes, exact
 
@@ -231,9 +326,10 @@ def _extrapolate(probes: list[Probe], target: float) -> float:
     search step can never run away on an extrapolated line; and it is monotone in
     attainment, so ranking still favours the candidate that held up better.
     """
-    passing = [p for p in probes if p.attainment >= target]
+    passing = [p for p in probes if p.passes(target)]
     if passing:
         best = max(passing, key=lambda p: p.rate)
-        return best.rate * (1.0 + min(0.1, best.attainment - target))
+        return best.rate * (1.0 + min(0.1, best.margin(target)))
     lowest = min(probes, key=lambda p: p.rate)
-    return lowest.rate * max(lowest.attainment, 0.0) / target
+    # attainment / target when only attainment fails; the guard's shortfall likewise
+    return lowest.rate * max(1.0 + lowest.margin(target) / target, 0.0)

@@ -1,8 +1,8 @@
 """Where evaluations run: in this process, in local worker processes, or as Ray tasks.
 
 All three take the same jobs — `(workload key, policy document, EvalPlan)` — and return
-`Evaluation`s in submission order via futures. Workloads, the cluster and the SLO are sent
-to each worker once (process initializer, or `ray.put`), so a job ships only a small policy
+`Evaluation`s in submission order via futures. Workloads (with their request classes, see
+`feasibility`), the cluster and the SLO are sent to each worker once (process initializer, or `ray.put`), so a job ships only a small policy
 document. Workers ignore SIGINT: Ctrl-C is the tuner's to handle (it keeps the best so far),
 and a worker must not die half-way through a job because of it.
 """
@@ -30,20 +30,27 @@ class _WorkerContext:
     """
 
     workloads: Mapping[str, Any] = {}
+    classes: Mapping[str, Any] = {}
     cluster: Any = None
     slo: Any = None
 
 
-def _init_worker(workloads, cluster, slo) -> None:
+def _init_worker(workloads, cluster, slo, classes=None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     _WorkerContext.workloads = workloads
+    _WorkerContext.classes = classes or {}
     _WorkerContext.cluster = cluster
     _WorkerContext.slo = slo
 
 
 def _run_job(key: str, doc: dict, plan: EvalPlan) -> Evaluation:
     return evaluate(
-        _WorkerContext.workloads[key], _WorkerContext.cluster, doc, _WorkerContext.slo, plan
+        _WorkerContext.workloads[key],
+        _WorkerContext.cluster,
+        doc,
+        _WorkerContext.slo,
+        plan,
+        _WorkerContext.classes.get(key),
     )
 
 
@@ -63,25 +70,28 @@ class Evaluator:
 class SerialEvaluator(Evaluator):
     """Runs each job at submission, in this process (tests, debugging, one core)."""
 
-    def __init__(self, workloads: Mapping[str, Any], cluster, slo):
+    def __init__(self, workloads: Mapping[str, Any], cluster, slo, classes=None):
         self.workloads, self.cluster, self.slo = dict(workloads), cluster, slo
+        self.classes = dict(classes or {})
 
     def submit(self, key: str, doc: dict, plan: EvalPlan) -> Future:
         future: Future = Future()
-        future.set_result(evaluate(self.workloads[key], self.cluster, doc, self.slo, plan))
+        future.set_result(
+            evaluate(self.workloads[key], self.cluster, doc, self.slo, plan, self.classes.get(key))
+        )
         return future
 
 
 class ProcessEvaluator(Evaluator):
     """Local worker processes (the default)."""
 
-    def __init__(self, workloads: Mapping[str, Any], cluster, slo, workers: int):
+    def __init__(self, workloads: Mapping[str, Any], cluster, slo, workers: int, classes=None):
         self.workers = max(1, workers)
         self.description = f"{self.workers} local processes"
         self._pool = ProcessPoolExecutor(
             max_workers=self.workers,
             initializer=_init_worker,
-            initargs=(dict(workloads), cluster, slo),
+            initargs=(dict(workloads), cluster, slo, dict(classes or {})),
         )
 
     def submit(self, key: str, doc: dict, plan: EvalPlan) -> Future:
@@ -94,7 +104,15 @@ class ProcessEvaluator(Evaluator):
 class RayEvaluator(Evaluator):
     """Ray tasks on an existing cluster (`address`) or a local one (`"local"`)."""
 
-    def __init__(self, workloads: Mapping[str, Any], cluster, slo, address: str, workers: int):
+    def __init__(
+        self,
+        workloads: Mapping[str, Any],
+        cluster,
+        slo,
+        address: str,
+        workers: int,
+        classes=None,
+    ):
         try:
             import ray
         except ImportError:
@@ -111,12 +129,15 @@ class RayEvaluator(Evaluator):
         self.workers = max(1, int(ray.cluster_resources().get("CPU", workers)))
         self.description = f"Ray at {address} ({self.workers} CPUs)"
         self._refs = {key: ray.put(value) for key, value in workloads.items()}
+        self._classes = {key: ray.put(value) for key, value in (classes or {}).items()}
         self._cluster = ray.put(cluster)
         self._slo = ray.put(slo)
         self._task = ray.remote(num_cpus=1)(_ray_job)
 
     def submit(self, key: str, doc: dict, plan: EvalPlan) -> Future:
-        ref = self._task.remote(self._refs[key], self._cluster, self._slo, doc, plan)
+        ref = self._task.remote(
+            self._refs[key], self._cluster, self._slo, doc, plan, self._classes.get(key)
+        )
         return ref.future()
 
     def close(self, cancel: bool = False) -> None:
@@ -124,8 +145,8 @@ class RayEvaluator(Evaluator):
             self._ray.shutdown()
 
 
-def _ray_job(workload, cluster, slo, doc: dict, plan: EvalPlan) -> Evaluation:
-    return evaluate(workload, cluster, doc, slo, plan)
+def _ray_job(workload, cluster, slo, doc: dict, plan: EvalPlan, classes=None) -> Evaluation:
+    return evaluate(workload, cluster, doc, slo, plan, classes)
 
 
 def make_evaluator(
@@ -135,14 +156,16 @@ def make_evaluator(
     *,
     workers: int | None = None,
     ray: str | None = None,
+    classes: Mapping[str, Any] | None = None,
 ) -> Evaluator:
-    """The evaluator for the options: Ray when `ray` is given, else processes or serial."""
+    """The evaluator for the options: Ray when `ray` is given, else processes or serial.
+    `classes` maps a workload key to its `RequestClasses` (needed by `capacity`)."""
     count = workers if workers is not None else max(1, (os.cpu_count() or 2))
     if ray:
-        return RayEvaluator(workloads, cluster, slo, ray, count)
+        return RayEvaluator(workloads, cluster, slo, ray, count, classes)
     if count <= 1:
-        return SerialEvaluator(workloads, cluster, slo)
-    return ProcessEvaluator(workloads, cluster, slo, count)
+        return SerialEvaluator(workloads, cluster, slo, classes)
+    return ProcessEvaluator(workloads, cluster, slo, count, classes)
 
 
 class CachedEvaluator(Evaluator):

@@ -12,11 +12,23 @@ from selfserve.tune.tuner import TuneResult
 
 TABLE_HEADERS = (
     "policy",
-    "train score",
-    "validation score",
-    "validation p99 TTFT s",
-    "learned / policy",
+    "train",
+    "validation",
+    "all att.",
+    "long att.",
+    "long p99 s",
+    "p99 s",
+    "learned ÷",
     "90% CI",
+)
+# What the class columns mean (printed under the table): at each policy's own validation
+# capacity, attainment over every request and over the long feasible prompts.
+CLASS_NOTE = (
+    "train/validation: the objective's score; att.: SLO attainment of all requests and of "
+    "the long prompts, p99: TTFT, all at each policy's own validation capacity; long "
+    "prompts = the "
+    "longest 10% of the requests an idle replica serves in time (>= {threshold} tokens); "
+    "{share:.1%} of validation requests are feasible at all"
 )
 
 
@@ -36,6 +48,9 @@ def validation_rows(result: TuneResult) -> list[dict[str, Any]]:
                 "policy": label,
                 "train_score": train.score if train else None,
                 "validation_score": val.score if val else None,
+                "validation_all_attainment": val.all_attainment if val else None,
+                "validation_long_attainment": val.long_attainment if val else None,
+                "validation_long_p99_ttft_s": val.long_p99_ttft_s if val else None,
                 "validation_p99_ttft_s": val.p99_ttft_s if val else None,
                 "gain": gain.ratio if gain else None,
                 "gain_ci_low": gain.low if gain else None,
@@ -43,6 +58,20 @@ def validation_rows(result: TuneResult) -> list[dict[str, Any]]:
             }
         )
     return rows
+
+
+def class_note(result: TuneResult) -> str | None:
+    """The sentence that explains the class columns, or None without request classes."""
+    classes = result.classes.get("validate")
+    if classes is None:
+        return None
+    text = CLASS_NOTE.format(threshold=classes.long_threshold_tokens, share=classes.feasible_share)
+    if result.long_floor > 0:
+        text += (
+            f"; the search required long-prompt attainment >= {result.long_floor:.1%} "
+            f"(the best anchor's on training minus {result.config.guard_margin:.0%})"
+        )
+    return text
 
 
 def _score(evaluation) -> float:
@@ -69,6 +98,9 @@ def table_cells(row: dict[str, Any]) -> list[str]:
         row["policy"],
         _cell(row["train_score"]),
         _cell(row["validation_score"]),
+        _cell(row["validation_all_attainment"], "{:.1%}"),
+        _cell(row["validation_long_attainment"], "{:.1%}"),
+        _cell(row["validation_long_p99_ttft_s"], "{:.2f}"),
         _cell(row["validation_p99_ttft_s"], "{:.2f}"),
         _cell(row["gain"])
         + ("×" if row["gain"] is not None and math.isfinite(row["gain"]) else ""),
@@ -93,6 +125,9 @@ def write_html(result: TuneResult, policy_doc: dict[str, Any], path: str | Path)
         report.preformatted("\n".join(f"{k} = {v}" for k, v in params.items()))
     report.heading("Validation (later window, never seen by the search)")
     report.table(TABLE_HEADERS, [table_cells(row) for row in validation_rows(result)])
+    note = class_note(result)
+    if note:
+        report.paragraph(note)
     for note in result.notes:
         report.paragraph(note, css_class="note")
 

@@ -2,8 +2,12 @@
 optional LLM proposer, all scored on the training window; then the shortlist is re-scored
 exactly and the winner validated, with every anchor, on the later validation window.
 
-Budget covers the search phase (training baselines included); validation runs after it and
-is timed separately. Ctrl-C (KeyboardInterrupt) during the search ends it and keeps the best
+Budget covers everything up to the choice of the winner: request classification, anchor
+scoring, search and the exact re-scoring of the shortlist (the search stops early by an
+estimate of what that re-scoring costs); validation runs after it and is timed separately.
+With the default `capacity` objective a candidate's capacity also has to keep the long
+feasible requests' attainment within `guard_margin` of the best anchor's (see
+`objective`), so the search cannot win by giving up on long prompts. Ctrl-C (KeyboardInterrupt) during the search ends it and keeps the best
 so far; during validation it stops validation and the result says what was not validated.
 The winner must beat the best anchor on training (penalised for size); otherwise the best
 anchor itself is the result, so the tuner never hands back something worse than what it
@@ -16,14 +20,15 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, as_completed
-from dataclasses import dataclass, field
+from concurrent.futures import FIRST_COMPLETED, Future, as_completed, wait
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from selfserve.policy import list_anchors
 from selfserve.policy.expression import EXPRESSION_ANCHORS, anchor_document
 from selfserve.tune.cmaes import ConstantTuner
-from selfserve.tune.objective import OBJECTIVES, EvalPlan, Evaluation
+from selfserve.tune.feasibility import RequestClasses, classify
+from selfserve.tune.objective import FEASIBLE_OBJECTIVES, OBJECTIVES, EvalPlan, Evaluation
 from selfserve.tune.pool import CachedEvaluator, Evaluator, make_evaluator
 from selfserve.tune.proposer import LLMProposer
 from selfserve.tune.search_space import Candidate, Population, candidate_from_document
@@ -71,6 +76,8 @@ class TuneConfig:
     search_fraction: float = 1.0  # search on the last fraction of the training window
     cache_path: str | None = None  # remember evaluations across runs (anchors, validation)
     structural_per_round: int | None = None  # default: one per worker
+    guard_margin: float = 0.05  # long requests may lose at most this attainment vs the anchor
+    ci_anchors: int = 2  # besides the best training anchor, CIs for the best N on validation
 
     def check(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -128,6 +135,9 @@ class TuneResult:
     anchors: list[str] = field(default_factory=list)
     search_scores: dict[str, Evaluation] = field(default_factory=dict)  # anchors, search window
     notes: list[str] = field(default_factory=list)
+    classes: dict[str, RequestClasses] = field(default_factory=dict)  # window key -> classes
+    long_floor: float = 0.0  # the guard used in search (0: none)
+    finalise_reserve_s: float = 0.0  # budget kept back for re-scoring the shortlist
 
     WINNER = "learned"
 
@@ -169,9 +179,12 @@ def tune(
         search = cut(train, train.span_s * (1.0 - config.search_fraction), train.span_s + 1e-6)
     workloads = {"train": train, "search": search, "validate": validate}
     workloads.update({f"validate#{k}": piece for k, piece in enumerate(pieces)})
+    started = time.monotonic()
+    notify(_event("classify", "finding the requests an idle replica serves in time", started))
+    classes = {key: classify(w, cluster, slo) for key, w in workloads.items()}
     owns_evaluator = evaluator is None
     evaluator = evaluator or make_evaluator(
-        workloads, cluster, slo, workers=config.workers, ray=config.ray
+        workloads, cluster, slo, workers=config.workers, ray=config.ray, classes=classes
     )
     if config.cache_path:
         evaluator = CachedEvaluator(
@@ -181,7 +194,6 @@ def tune(
             context=f"{getattr(cluster, 'label', cluster)}|{getattr(slo, 'label', slo)}",
         )
         owns_evaluator = True
-    started = time.monotonic()
     deadline = started + config.budget_s
     state = _SearchState(
         config=config,
@@ -190,12 +202,13 @@ def tune(
         notify=notify,
         started=started,
         search_is_train=search is train,
+        train_per_search=len(train) / max(1, len(search)),
     )
     interrupted = False
     try:
         try:
             state.run_anchors(anchors)
-            state.run_search(deadline)
+            state.run_search(deadline - state.finalise_reserve_s())
         except KeyboardInterrupt:
             interrupted = True
             state.notes.append("search interrupted (Ctrl-C): kept the best candidate so far")
@@ -245,7 +258,38 @@ def tune(
         anchors=list(anchors),
         search_scores=dict(state.anchor_train),
         notes=state.notes,
+        classes=classes,
+        long_floor=state.long_floor,
+        finalise_reserve_s=state.reserve_s,
     )
+
+
+def _completed_by(futures: dict[Future, Any], deadline: float | None):
+    """Futures as they complete; at `deadline` the ones not yet started are cancelled (the
+    running ones are still awaited: a worker cannot drop a simulation half-way)."""
+    timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+    seen: set[Future] = set()
+    try:
+        for future in as_completed(futures, timeout=timeout):
+            seen.add(future)
+            yield future
+    except TimeoutError:
+        # cancel() succeeds only for futures no worker has picked up
+        rest = [f for f in futures if f not in seen and (f.done() or not f.cancel())]
+        yield from as_completed(rest)
+
+
+def _event(phase: str, message: str, started: float) -> dict[str, Any]:
+    return {
+        "phase": phase,
+        "message": message,
+        "elapsed_s": time.monotonic() - started,
+        "evaluations": 0,
+        "best_score": None,
+        "best_text": None,
+        "best_anchor": "",
+        "best_anchor_score": None,
+    }
 
 
 def _gains(validation, sub_scores, anchors, config) -> dict[str, Gain]:
@@ -259,10 +303,16 @@ def _gains(validation, sub_scores, anchors, config) -> dict[str, Gain]:
             continue
         point = _ratio(winner.score, base.score, config.objective)
         mine, theirs = sub_scores.get(TuneResult.WINNER, []), sub_scores.get(name, [])
+        if len(mine) != len(theirs):  # no sub-windows for this anchor: a point estimate only
+            mine, theirs = [], []
         if config.objective == "cost":  # lower cost is better: the gain is their cost / ours
             mine, theirs = [-x for x in theirs], [-x for x in mine]
         out[name] = bootstrap_ratio(mine, theirs, point=point, seed=config.seed)
     return out
+
+
+def _finite(value: float) -> float:
+    return value if math.isfinite(value) else -math.inf
 
 
 def _ratio(mine: float, theirs: float, objective: str) -> float:
@@ -292,6 +342,9 @@ class _SearchState:
     reference_rate: float = 1.0
     rounds: int = 0
     search_is_train: bool = True
+    train_per_search: float = 1.0  # requests in the training window per search-window request
+    long_floor: float = 0.0
+    reserve_s: float = 0.0
 
     # ---- phase 1: anchors on the training window (the bar to beat) --------------
     def run_anchors(self, anchors: Sequence[str]) -> None:
@@ -328,6 +381,14 @@ class _SearchState:
         self.best_anchor = max(usable, key=lambda n: (usable[n].score, -usable[n].p99_ttft_s))
         best = usable[self.best_anchor]
         self.reference_rate = best.capacity if best.capacity else 1.0
+        if self.config.objective in FEASIBLE_OBJECTIVES and best.long_attainment > 0:
+            # NaN (no long requests) compares False: no guard then.
+            self.long_floor = max(0.0, best.long_attainment - self.config.guard_margin)
+            self._emit(
+                "anchors",
+                f"guard: long prompts must keep >= {self.long_floor:.1%} attainment "
+                f"({self.best_anchor} keeps {best.long_attainment:.1%})",
+            )
         # Seed the population: the anchors restated in the language, plus a linear blend.
         seeds = [
             candidate_from_document(anchor_document(n), origin=f"seed:{n}")
@@ -407,7 +468,24 @@ class _SearchState:
             max_sims=self.config.search_sims,
             reject_below=0.85 * rate,
             seed=self.config.seed,
+            long_floor=self.long_floor,
         )
+
+    def finalise_reserve_s(self) -> float:
+        """Seconds to keep for the exact re-scoring of the shortlist on the training window.
+
+        Estimated from what the exact anchor evaluations cost on the search window, scaled by
+        the training window's size, in waves of one job per worker (plus the best anchor's
+        own re-score when the search window is a part of the training window).
+        """
+        exact = [e.wall_s for e in self.anchor_train.values() if e.is_exact and e.error is None]
+        if not exact:
+            return 0.0
+        jobs = self.config.shortlist + (0 if self.search_is_train else 1)
+        waves = math.ceil(jobs / max(1, self.evaluator.workers))
+        self.reserve_s = 1.2 * waves * max(exact) * self.train_per_search
+        self._emit("search", f"keeping {self.reserve_s:.0f} s for the final re-scoring")
+        return self.reserve_s
 
     def _evaluate_batch(
         self, batch: Sequence[Candidate], deadline: float | None = None
@@ -421,7 +499,7 @@ class _SearchState:
                 results[position] = known
                 continue
             futures[self.evaluator.submit("search", candidate.document(), plan)] = position
-        for future in as_completed(futures):
+        for future in _completed_by(futures, deadline):
             position = futures[future]
             candidate = batch[position]
             evaluation = future.result()
@@ -466,11 +544,16 @@ class _SearchState:
             rel_tol=self.config.final_rel_tol,
             max_sims=self.config.max_sims,
             seed=self.config.seed,
+            long_floor=self.long_floor,
         )
-        futures = {self.evaluator.submit("train", s.candidate.document(), plan): s for s in ranked}
         anchor_future = None
         if self.best_anchor not in self.train_exact:
-            anchor_future = self.evaluator.submit("train", self.best_anchor, plan)
+            # First in the queue: the bar is the one number every outcome needs. Anchors
+            # are measured as they are (no guard): the guard is a bar for candidates.
+            anchor_future = self.evaluator.submit(
+                "train", self.best_anchor, replace(plan, long_floor=0.0)
+            )
+        futures = {self.evaluator.submit("train", s.candidate.document(), plan): s for s in ranked}
         self._emit("final", f"re-scoring the best {len(ranked)} on the full training window")
         exact: list[Scored] = []
         for future in as_completed(futures):
@@ -528,11 +611,21 @@ class _SearchState:
     def validate(
         self, winner_doc: dict[str, Any], anchors: Sequence[str], pieces: int
     ) -> tuple[dict[str, Evaluation], dict[str, list[float]], dict[str, list[tuple[float, float]]]]:
-        policies: dict[str, Any] = {TuneResult.WINNER: winner_doc}
-        policies.update({name: name for name in anchors})
+        """Every policy on the whole validation window; sub-windows (for the CIs) for the
+        winner, the best training anchor and the best `ci_anchors` on validation.
+
+        Everyone is measured alike here: no guard, so the table shows what each policy does
+        to the long requests at its own capacity. A winner that is an anchor is not
+        simulated twice.
+        """
+        policies: dict[str, Any] = {name: name for name in anchors}
+        alias = winner_doc.get("name") if winner_doc.get("kind") == "anchor" else None
+        if alias not in policies:
+            alias = None
+            policies = {TuneResult.WINNER: winner_doc, **policies}
         reference = max((e.capacity for e in self.anchor_train.values() if e.capacity), default=1.0)
-        jobs: dict[Future, tuple[str, str]] = {}
-        for label, spec in policies.items():
+
+        def plans(label: str) -> tuple[EvalPlan, EvalPlan]:
             known = self.train_exact.get(label) or self.anchor_train.get(label)
             start = known.capacity if known is not None and known.capacity else reference
             full_plan = EvalPlan(
@@ -542,34 +635,54 @@ class _SearchState:
                 max_sims=self.config.max_sims,
                 seed=self.config.seed,
             )
-            piece_plan = EvalPlan(
-                objective=self.config.objective,
-                start_rate=start,
-                rel_tol=self.config.search_rel_tol,
-                max_sims=self.config.max_sims,
-                seed=self.config.seed,
-            )
-            jobs[self.evaluator.submit("validate", spec, full_plan)] = (label, "validate")
+            return full_plan, replace(full_plan, rel_tol=self.config.search_rel_tol)
+
+        jobs: dict[Future, tuple[str, str]] = {}
+
+        def submit_pieces(label: str) -> None:
+            _, piece_plan = plans(label)
             for k in range(pieces):
-                jobs[self.evaluator.submit(f"validate#{k}", spec, piece_plan)] = (
-                    label,
-                    f"validate#{k}",
-                )
+                key = f"validate#{k}"
+                jobs[self.evaluator.submit(key, policies[label], piece_plan)] = (label, key)
+
+        for label, spec in policies.items():
+            jobs[self.evaluator.submit("validate", spec, plans(label)[0])] = (label, "validate")
+        with_pieces = {alias or TuneResult.WINNER, self.best_anchor} & set(policies)
+        for label in with_pieces:
+            submit_pieces(label)
         self._emit("validate", f"validating {len(policies)} policies on the later window")
         full: dict[str, Evaluation] = {}
         parts: dict[str, dict[int, float]] = {label: {} for label in policies}
-        done = 0
-        for future in as_completed(jobs):
-            label, key = jobs[future]
-            evaluation = future.result()
-            done += 1
-            if key == "validate":
-                full[label] = evaluation
-            else:
-                parts[label][int(key.split("#")[1])] = evaluation.score
-            self._emit("validate", f"{done}/{len(jobs)} validation jobs")
+        pending = set(jobs)
+        ranked_done = self.config.ci_anchors <= 0
+        while pending:
+            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+            for future in finished:
+                label, key = jobs[future]
+                evaluation = future.result()
+                if key == "validate":
+                    full[label] = evaluation
+                else:
+                    parts[label][int(key.split("#")[1])] = evaluation.score
+            self._emit("validate", f"{len(jobs) - len(pending)}/{len(jobs)} validation jobs")
+            if not ranked_done and len(full) == len(policies):
+                ranked_done = True
+                ranked = sorted(
+                    (n for n in anchors if n in full), key=lambda n: -_finite(full[n].score)
+                )
+                before = set(jobs)
+                for label in ranked[: self.config.ci_anchors]:
+                    if label not in with_pieces:
+                        with_pieces.add(label)
+                        submit_pieces(label)
+                pending |= set(jobs) - before
+        if alias is not None:
+            full[TuneResult.WINNER] = full[alias]
+            parts[TuneResult.WINNER] = parts[alias]
         curves = self._curves(policies, full)
-        sub_scores = {label: [values[k] for k in sorted(values)] for label, values in parts.items()}
+        sub_scores = {
+            label: [values[k] for k in sorted(values)] for label, values in parts.items() if values
+        }
         return full, sub_scores, curves
 
     def _curves(self, policies, full) -> dict[str, list[tuple[float, float]]]:
