@@ -3,14 +3,15 @@
 It streams `tokens` chunks `delay_s` apart, reports `usage`, exposes `/health`,
 `/v1/models` and a vLLM-style `/metrics`, and can be told to fail: `fail_before` answers
 500, `die_after` drops the connection after that many chunks, `slow_first_s` delays the
-first chunk. It counts requests it saw and the ones cancelled by the client.
+first chunk. It counts requests it saw, the ones cancelled by the client, and the TCP connections
+they came on.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import orjson
 from aiohttp import web
@@ -28,6 +29,7 @@ class LoopbackEngine:
     seen: int = 0
     cancelled: int = 0
     running: int = 0
+    peers: set = field(default_factory=set)  # (host, port) of each TCP connection it served
     _runner: web.AppRunner | None = None
 
     async def start(self) -> int:
@@ -78,6 +80,7 @@ class LoopbackEngine:
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = await request.json()
         self.seen += 1
+        self.peers.add(request.transport.get_extra_info("peername"))
         if self.fail_before:
             return web.json_response({"error": {"message": "engine down"}}, status=500)
         if body.get("model") != self.model:

@@ -78,6 +78,8 @@ class Gateway:
         self.proxy = CompletionProxy(
             config, self.pool, self.router, self.arms, self.metrics, self.recorder
         )
+        # read when /metrics is scraped: no locked update on every request
+        self.metrics.in_flight.set_function(lambda: self.proxy.num_in_flight)
         self._routes = {
             ("POST", "/v1/chat/completions"): self._chat,
             ("POST", "/v1/completions"): self._completions,

@@ -113,13 +113,11 @@ class CompletionProxy:
             media=features.media,
             session_id=features.session_id,
         )
-        self.num_in_flight += 1
-        self.metrics.in_flight.inc()
+        self.num_in_flight += 1  # the in-flight gauge reads this at scrape time
         try:
             return await self._serve(conn, endpoint, body_bytes, body, features, outcome)
         finally:
             self.num_in_flight -= 1
-            self.metrics.in_flight.dec()
 
     def _read(self, request: HttpRequest) -> tuple[bytes, object]:
         check_body_size(request, self.config.limits.max_body_bytes)
