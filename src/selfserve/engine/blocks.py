@@ -61,23 +61,34 @@ class BlockLedger:
             return
         self.num_free_blocks -= num_blocks
         queue = self.free_queue
+        # Most allocations are a few decode or chunk blocks cut from a private run at the
+        # head: shrink it in place (an OrderedDict value update keeps its position).
+        key = next(iter(queue))
+        if key < 0:
+            blocks = queue[key]
+            if blocks > num_blocks:
+                queue[key] = blocks - num_blocks
+                return
         popitem = queue.popitem
         cached_blocks = self.cached_blocks
         cached_refs = self.cached_refs
         need = num_blocks
-        while need > 0:
+        evicted = 0
+        while True:
             key, blocks = popitem(False)
             if key >= 0:  # a cached unit: evict its hash
                 del cached_blocks[key]
                 del cached_refs[key]
-                self.num_evicted_units += 1
-            if blocks > need:
-                rest_key = self._next_plain_key
-                self._next_plain_key = rest_key - 1
-                queue[rest_key] = blocks - need
-                queue.move_to_end(rest_key, last=False)
-                return
+                evicted += 1
+            if blocks >= need:
+                if blocks > need:
+                    rest_key = self._next_plain_key
+                    self._next_plain_key = rest_key - 1
+                    queue[rest_key] = blocks - need
+                    queue.move_to_end(rest_key, last=False)
+                break
             need -= blocks
+        self.num_evicted_units += evicted
 
     def acquire(self, unit_hash: int) -> int:
         """Reference a cached unit (a prefix hit); returns its block count."""
@@ -102,12 +113,20 @@ class BlockLedger:
         return True
 
     def release(self, units: Sequence[int], plain_blocks: int) -> None:
-        """Free a request's KV: tail first (private blocks, then units last to first)."""
+        """Free a request's KV: tail first (private blocks, then units last to first).
+
+        Private blocks join a private run already at the queue tail: blocks are counted,
+        not named, so the queue's block order is the same and allocation pops fewer runs.
+        """
         queue = self.free_queue
         if plain_blocks > 0:
-            key = self._next_plain_key
-            self._next_plain_key -= 1
-            queue[key] = plain_blocks
+            tail = next(reversed(queue), 0) if queue else 0
+            if tail < 0:
+                queue[tail] += plain_blocks
+            else:
+                key = self._next_plain_key
+                self._next_plain_key = key - 1
+                queue[key] = plain_blocks
             self.num_free_blocks += plain_blocks
         refs = self.cached_refs
         cached_blocks = self.cached_blocks

@@ -57,6 +57,8 @@ class EngineRequest:
     unit_hashes: list[int] = field(default_factory=list)
     unit_end_tokens: list[int] = field(default_factory=list)
     unit_end_blocks: list[int] = field(default_factory=list)
+    unit_blocks: list[int] = field(default_factory=list)  # blocks of each unit
+    units_distinct: bool = True  # no hash repeats among the units (bulk-registration guard)
     # KV held: cached units (hits and registered) + private ("plain") blocks
     held_units: list[int] = field(default_factory=list)
     plain_blocks: int = 0
@@ -89,16 +91,23 @@ class EngineRequest:
         self.prompt_total = self.prompt_tokens + self.media_tokens
         if not self.block_hashes and not self.media_hashes:
             self.unit_hashes, self.unit_end_tokens, self.unit_end_blocks = [], [], []
+            self.unit_blocks = []
             self.units_end_tokens = self.units_end_blocks = 0
+            self.units_distinct = True
             return
         units, unit_tokens = hash_units(
             self.block_hashes, self.hash_block_tokens or block_size, block_size
         )
         n_text = min(len(units), self.prompt_tokens // unit_tokens) if unit_tokens else 0
-        hashes = list(units[:n_text])
-        ends = [unit_tokens * (k + 1) for k in range(n_text)]
         blocks_per_unit = unit_tokens // block_size if unit_tokens else 0
-        end_blocks = [blocks_per_unit * (k + 1) for k in range(n_text)]
+        # ranges and repeats build these lists in C: a request has tens of units
+        hashes = list(units[:n_text])
+        if n_text:  # then unit_tokens and blocks_per_unit are > 0
+            ends = list(range(unit_tokens, unit_tokens * n_text + 1, unit_tokens))
+            end_blocks = list(range(blocks_per_unit, blocks_per_unit * n_text + 1, blocks_per_unit))
+        else:
+            ends, end_blocks = [], []
+        unit_blocks = [blocks_per_unit] * n_text
         self.media_first_unit = n_text
         if self.media_hashes:
             parts = self.media_part_tokens or _split_evenly(
@@ -112,15 +121,19 @@ class EngineRequest:
                     continue
                 parent = combine(combine(parent, content_hash), tokens)
                 end += tokens
-                end_block += -(-tokens // block_size)
+                item_blocks = -(-tokens // block_size)
+                end_block += item_blocks
                 hashes.append(parent)
                 ends.append(end)
                 end_blocks.append(end_block)
+                unit_blocks.append(item_blocks)
         self.unit_hashes = hashes
         self.unit_end_tokens = ends
         self.unit_end_blocks = end_blocks
+        self.unit_blocks = unit_blocks
         self.units_end_tokens = ends[-1] if ends else 0
         self.units_end_blocks = end_blocks[-1] if end_blocks else 0
+        self.units_distinct = len(set(hashes)) == len(hashes)
 
     def blocks_for(self, num_tokens: int, block_size: int) -> int:
         """KV blocks needed to hold the first `num_tokens` tokens of this request."""

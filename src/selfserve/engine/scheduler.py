@@ -12,6 +12,7 @@ computed, units named in the prefix cache, tokens emitted, requests finished.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -239,9 +240,6 @@ class Scheduler:
         self, batch: Batch, end_s: float
     ) -> tuple[list[EngineRequest], list[EngineRequest], list[EngineRequest]]:
         """Apply `batch`; returns (first-token, token-emitting, finished) requests."""
-        ledger = self.ledger
-        cached_blocks = ledger.cached_blocks
-        cached_refs = ledger.cached_refs
         caching = self.config.enable_prefix_caching
         first: list[EngineRequest] = []
         emitted_reqs: list[EngineRequest] = []
@@ -261,23 +259,8 @@ class Scheduler:
             if caching:
                 k = req.next_unit
                 ends = req.unit_end_tokens
-                n_units = len(ends)
-                if k < n_units:
-                    # name each newly completed unit in the prefix cache (ledger.register)
-                    end_blocks = req.unit_end_blocks
-                    hashes = req.unit_hashes
-                    prev_blocks = end_blocks[k - 1] if k else 0
-                    while k < n_units and ends[k] <= computed:
-                        unit_hash = hashes[k]
-                        blocks = end_blocks[k] - prev_blocks
-                        prev_blocks = end_blocks[k]
-                        if unit_hash not in cached_blocks:
-                            cached_blocks[unit_hash] = blocks
-                            cached_refs[unit_hash] = 1
-                            req.held_units.append(unit_hash)
-                            req.plain_blocks -= blocks
-                        k += 1
-                    req.next_unit = k
+                if k < len(ends) and ends[k] <= computed:
+                    self._register_units(req, k, bisect_right(ends, computed, k))
             if computed == num_tokens:
                 emitted += 1
                 req.num_emitted_tokens = emitted
@@ -294,6 +277,31 @@ class Scheduler:
                 self._finish(req, end_s)
             self.running = [r for r in self.running if r.status == RUNNING]
         return first, emitted_reqs, finished
+
+    def _register_units(self, req: EngineRequest, k: int, k_end: int) -> None:
+        """Name units k..k_end-1 of `req`, now computed, in the prefix cache.
+
+        A unit another request cached meanwhile stays private to `req`, as in vLLM. When
+        none is (the usual case) the whole run is registered with C-level dict updates.
+        """
+        ledger = self.ledger
+        cached_blocks = ledger.cached_blocks
+        new_units = req.unit_hashes[k:k_end]
+        req.next_unit = k_end
+        if req.units_distinct and cached_blocks.keys().isdisjoint(new_units):
+            cached_blocks.update(zip(new_units, req.unit_blocks[k:k_end], strict=True))
+            ledger.cached_refs.update(dict.fromkeys(new_units, 1))
+            req.held_units += new_units
+            end_blocks = req.unit_end_blocks
+            req.plain_blocks -= end_blocks[k_end - 1] - (end_blocks[k - 1] if k else 0)
+            return
+        cached_refs = ledger.cached_refs
+        for unit_hash, blocks in zip(new_units, req.unit_blocks[k:k_end], strict=True):
+            if unit_hash not in cached_blocks:
+                cached_blocks[unit_hash] = blocks
+                cached_refs[unit_hash] = 1
+                req.held_units.append(unit_hash)
+                req.plain_blocks -= blocks
 
     def _finish(self, req: EngineRequest, end_s: float) -> None:
         self.ledger.release(req.held_units, req.plain_blocks)

@@ -53,6 +53,13 @@ def _smooth_max(a: float, b: float, p: float) -> float:
     return hi * (1.0 + (lo / hi) ** p) ** (1.0 / p)
 
 
+def _memo(table: dict, key: int, value):
+    """Store `value` under `key` while the table is small (bounded memory); return it."""
+    if len(table) < 65536:
+        table[key] = value
+    return value
+
+
 class PerfModel:
     """Step time and energy of one replica: `model` on `tp` GPUs of `hardware`.
 
@@ -71,6 +78,7 @@ class PerfModel:
         "_kv_tok_bytes", "_attn_flops_per_pair", "_gemm_flops_per_token", "_lm_flops_per_seq",
         "_weight_bytes", "_expert_bytes", "_act_bytes_per_token", "_lm_bytes",
         "_compute_w", "_j_per_byte", "_j_per_kv_byte", "_idle_replica_w", "_decode_cache", "_token_cache", "_seq_cache",
+        "_gemm_cache", "_lm_cache", "_slope_cache",
     )  # fmt: skip
 
     @classmethod
@@ -197,6 +205,9 @@ class PerfModel:
         # Per-instance memo tables (bounded), keyed by step token count / sequence count.
         self._token_cache: dict[int, float] = {}
         self._seq_cache: dict[int, float] = {}
+        self._gemm_cache: dict[int, tuple[float, float, float]] = {}
+        self._lm_cache: dict[int, tuple[float, float]] = {}
+        self._slope_cache: dict[int, tuple[float, float]] = {}
 
     # ----- pieces -----
     def _gemm_time(self, tokens: int) -> tuple[float, float, float]:
@@ -294,14 +305,17 @@ class PerfModel:
         attn_s = 0.0
         busy_s = 0.0  # time in compute-bound kernels, for the power model
         kv_read_tokens = 0
+        causal_pp = self._causal_s_per_pair
+        cached_pp = self._cached_s_per_pair
+        kv_read = self._kv_read_s_per_token
         for new, cached in prefill:
             new_total += new
-            causal_s = new * (new + 1) * 0.5 * self._causal_s_per_pair
+            causal_s = new * (new + 1) * 0.5 * causal_pp
             attn_s += causal_s
             busy_s += causal_s
             if cached:
-                compute_s = float(new) * cached * self._cached_s_per_pair
-                memory_s = cached * self._kv_read_s_per_token
+                compute_s = float(new) * cached * cached_pp
+                memory_s = cached * kv_read
                 if compute_s >= memory_s:
                     attn_s += compute_s
                     busy_s += compute_s
@@ -310,14 +324,24 @@ class PerfModel:
                 kv_read_tokens += cached
         tokens = new_total + b
         seqs = len(prefill) + b
-        gemm_s, gemm_busy_s, wbytes = self._gemm_time(tokens)
-        lm_s, lm_busy_s = self._lm_time(seqs)
+        # the pieces are memoized by token / sequence count (same values, same arithmetic)
+        try:
+            gemm_s, gemm_busy_s, wbytes = self._gemm_cache[tokens]
+        except KeyError:
+            gemm_s, gemm_busy_s, wbytes = _memo(self._gemm_cache, tokens, self._gemm_time(tokens))
+        try:
+            lm_s, lm_busy_s = self._lm_cache[seqs]
+        except KeyError:
+            lm_s, lm_busy_s = _memo(self._lm_cache, seqs, self._lm_time(seqs))
         time_s = (gemm_s + lm_s + attn_s + self._act_s_per_token * tokens
                   + self._ar_s_per_token * tokens + self._fixed_s + self._seq_s * seqs)  # fmt: skip
         busy_s += gemm_busy_s + lm_busy_s
         if b:
             total = sum(decode_contexts)
-            slope, busy_slope = self._decode_rate_slope(b)
+            try:
+                slope, busy_slope = self._slope_cache[b]
+            except KeyError:
+                slope, busy_slope = _memo(self._slope_cache, b, self._decode_rate_slope(b))
             time_s += slope * total
             busy_s += busy_slope * total
             kv_read_tokens += total
@@ -326,7 +350,7 @@ class PerfModel:
         energy_j = self._idle_replica_w * time_s + self.tp * (
             self._compute_w * busy_s + self._j_per_byte * nbytes + self._j_per_kv_byte * kv_bytes
         )
-        return StepCost(time_s, energy_j)
+        return _new_cost(StepCost, (time_s, energy_j))
 
     def step_time_s(
         self, prefill: Sequence[tuple[int, int]], decode_contexts: Sequence[int]
