@@ -41,6 +41,14 @@ def register(subparsers) -> None:
     )
     parser.add_argument("--trace", required=True, help="trace file or embedded trace name")
     parser.add_argument("--format", help="trace format when detection is ambiguous")
+    parser.add_argument(
+        "--compress",
+        type=float,
+        default=1.0,
+        help="replay the trace this many times faster before cutting windows (sparse traces "
+        "such as a week of RAG traffic); windows, rates and capacity refer to the compressed "
+        "trace (default 1)",
+    )
     parser.add_argument("--cluster", required=True, help="e.g. 8xh200/llama-3.1-8b or a YAML file")
     parser.add_argument(
         "--train", default="0:50%", help="training window (default 0:50%%; also 0m:30m)"
@@ -145,6 +153,12 @@ def run(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UserError(f"--slo: {exc}") from exc
     workload = load_trace(args.trace, args.format)
+    if args.compress != 1.0:
+        if not args.compress > 0:
+            raise UserError(f"--compress {args.compress}: must be > 0")
+        from selfserve.workload.transforms import scale_rate
+
+        workload = scale_rate(workload, args.compress)
     try:
         train_spec, validate_spec = parse_window(args.train), parse_window(args.validate)
         check_disjoint(train_spec, validate_spec, workload.span_s)
@@ -237,6 +251,7 @@ def run(args: argparse.Namespace) -> int:
             "fingerprint": fingerprint(workload),
             "requests": len(workload),
             "span_s": round(workload.span_s, 3),
+            "compress": args.compress,
         },
         windows={
             "train": _window_record(train_spec, train, workload.span_s, fingerprint),

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
+from selfserve.policy.expression_simplify import simplify
 from selfserve.policy.expression_syntax import (
     FEATURES,
     FUNCTIONS,
@@ -80,7 +81,7 @@ def parse_answer(answer: str) -> Proposal:
         proposal.error = "the answer held no 'score: …' line"
     for text in texts:
         try:
-            tree = parse_expression(text)
+            tree = simplify(parse_expression(text))
         except ExpressionError as exc:
             proposal.rejected.append((text[:200], str(exc)))
             continue

@@ -5,7 +5,9 @@ is negated on the way in, so any two candidates can exchange sub-trees), its con
 inline as numbers, and the tie-break it inherits from its first parent. Mutation and
 crossover are pure functions of their inputs and the `random.Random` passed in; every
 offspring is re-printed and re-parsed, so it obeys the same whitelist and size limits as
-any other proposal (an offspring that breaks them is dropped, never repaired by hand).
+any other proposal (an offspring that breaks them is dropped, never repaired by hand), and
+simplified (`expression_simplify`: the same scores in fewer nodes), so the complexity
+penalty and de-duplication see what the expression means, not how it was assembled.
 
 For continuous tuning (CMA-ES) `parametrize` turns a candidate's non-zero constants into
 named params `c1, c2, …` with values, so the optimizer sees a plain vector.
@@ -20,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selfserve.policy.expression import DEFAULT_TIE_BREAK, build_expression_policy
+from selfserve.policy.expression_simplify import simplify
 from selfserve.policy.expression_syntax import (
     Binary,
     Call,
@@ -103,7 +106,12 @@ def candidate_from_document(doc: Mapping[str, Any], origin: str = "seed") -> Can
     tree = inline_params(policy.tree, policy.params)
     if policy.direction == "max":
         tree = Unary("-", tree)
-    return Candidate(tree=tree, tie_break=tuple(policy.tie_break), origin=origin)
+    return Candidate(tree=simplify(tree), tie_break=tuple(policy.tie_break), origin=origin)
+
+
+def simplified(candidate: Candidate) -> Candidate:
+    """The same candidate with its tree simplified (same scores, so the same choices)."""
+    return Candidate(simplify(candidate.tree), candidate.tie_break, candidate.origin)
 
 
 def inline_params(tree: Expr, params: Mapping[str, float]) -> Expr:
@@ -292,7 +300,7 @@ def crossover(mother: Candidate, father: Candidate, rng: random.Random) -> Candi
 
 def _checked(tree: Expr, tie_break: tuple[str, ...], origin: str) -> Candidate | None:
     try:
-        reparsed = parse_expression(to_text(tree))
+        reparsed = simplify(parse_expression(to_text(tree)))
     except ExpressionError:
         return None
     if isinstance(reparsed, Num):

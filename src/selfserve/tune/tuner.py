@@ -31,7 +31,12 @@ from selfserve.tune.feasibility import RequestClasses, classify
 from selfserve.tune.objective import FEASIBLE_OBJECTIVES, OBJECTIVES, EvalPlan, Evaluation
 from selfserve.tune.pool import CachedEvaluator, Evaluator, make_evaluator
 from selfserve.tune.proposer import LLMProposer
-from selfserve.tune.search_space import Candidate, Population, candidate_from_document
+from selfserve.tune.search_space import (
+    Candidate,
+    Population,
+    candidate_from_document,
+    simplified,
+)
 from selfserve.tune.stats import Gain, bootstrap_ratio
 from selfserve.tune.windows import cut, fingerprint, sub_windows
 
@@ -584,8 +589,8 @@ class _SearchState:
             )
             return self._anchor_result()
         self.train_exact[TuneResult.WINNER] = top.evaluation
-        doc = top.candidate.document(name="learned", named_params=True)
-        return doc, top.candidate.text, False
+        winner = simplified(top.candidate)  # CMA-ES offspring are not simplified on the way
+        return winner.document(name="learned", named_params=True), winner.text, False
 
     def best_so_far_document(self) -> tuple[dict[str, Any], str, bool]:
         if self.best is None or (
@@ -593,11 +598,8 @@ class _SearchState:
         ):
             return self._anchor_result()
         self.train_exact[TuneResult.WINNER] = self.best.evaluation
-        return (
-            self.best.candidate.document(name="learned", named_params=True),
-            self.best.candidate.text,
-            False,
-        )
+        winner = simplified(self.best.candidate)
+        return winner.document(name="learned", named_params=True), winner.text, False
 
     def _anchor_result(self) -> tuple[dict[str, Any], str, bool]:
         name = self.best_anchor
