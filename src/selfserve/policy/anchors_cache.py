@@ -45,6 +45,7 @@ class SGLangCacheAwarePolicy(AnchorPolicy):
     """
 
     name = "sglang-cache-aware"
+    replica_fields = frozenset({"in_flight_requests"})
     cache_threshold: float = 0.3
     balance_abs_threshold: int = 64
     balance_rel_threshold: float = 1.5
@@ -136,6 +137,7 @@ class AIBrixPrefixCachePolicy(AnchorPolicy):
     """
 
     name = "aibrix-prefix-cache"
+    replica_fields = frozenset({"in_flight_requests"})
     imbalance_abs_count: int = 8
     std_factor: float = 1.0
     table_blocks: int = 200_000
@@ -225,6 +227,7 @@ class RayPrefixAffinityPolicy(AnchorPolicy):
     """
 
     name = "ray-prefix-affinity"
+    replica_fields = frozenset({"in_flight_requests"})
     imbalanced_threshold: int = 10
     match_rate_threshold: float = 0.1
     _tree: BlockLRUIndex | None = field(default=None, repr=False)

@@ -57,6 +57,7 @@ class DynamoKVPolicy(AnchorPolicy):
     """
 
     name = "dynamo-kv"
+    replica_fields = frozenset()
     overlap_score_credit: float = 1.0
     prefill_load_scale: float = 1.0
     temperature: float = 0.0

@@ -128,6 +128,7 @@ class LlmdPolicy(AnchorPolicy):
     """
 
     name = "llm-d"
+    replica_fields = frozenset({"num_requests_waiting", "kv_cache_usage"})
     queue_weight: float = 2.0
     kv_cache_utilization_weight: float = 2.0
     prefix_cache_weight: float = 3.0

@@ -24,6 +24,9 @@ class AnchorPolicy(Component):
     """A builtin policy: parameters are dataclass fields (overridable in a policy file)."""
 
     name = "anchor"
+    # The dynamic `ReplicaView` fields `choose` and the hooks read; the Router fills only
+    # those (`selfserve.policy.views`). None: every field.
+    replica_fields: frozenset[str] | None = None
 
     def choose(self, snapshot: ClusterSnapshot, rng: random.Random) -> int:
         raise NotImplementedError
@@ -38,6 +41,7 @@ class RandomPolicy(AnchorPolicy):
     """
 
     name = "random"
+    replica_fields = frozenset()
 
     def choose(self, snapshot: ClusterSnapshot, rng: random.Random) -> int:
         cands = healthy_candidates(snapshot)
@@ -53,6 +57,7 @@ class RoundRobinPolicy(AnchorPolicy):
     """
 
     name = "round-robin"
+    replica_fields = frozenset()
     _counter: int = 0
 
     def choose(self, snapshot: ClusterSnapshot, rng: random.Random) -> int:
@@ -73,6 +78,7 @@ class LeastLoadedPolicy(AnchorPolicy):
     """
 
     name = "least-loaded"
+    replica_fields = frozenset({"in_flight_requests", "queued_prefill_tokens"})
 
     def choose(self, snapshot: ClusterSnapshot, rng: random.Random) -> int:
         reps = snapshot.replicas
@@ -91,6 +97,7 @@ class LeastRequestPolicy(AnchorPolicy):
     """
 
     name = "least-request"
+    replica_fields = frozenset({"in_flight_requests"})
 
     def choose(self, snapshot: ClusterSnapshot, rng: random.Random) -> int:
         reps = snapshot.replicas
@@ -107,6 +114,7 @@ class LiteLLMLeastBusyPolicy(AnchorPolicy):
     """
 
     name = "litellm-least-busy"
+    replica_fields = frozenset({"in_flight_requests"})
 
     def choose(self, snapshot: ClusterSnapshot, rng: random.Random) -> int:
         reps = snapshot.replicas
@@ -126,6 +134,9 @@ class PowerOfTwoPolicy(AnchorPolicy):
     """
 
     name = "power-of-two"
+    replica_fields = frozenset(
+        {"in_flight_requests", "queued_prefill_tokens", "running_decode_tokens"}
+    )
     load: str = "in-flight"
 
     def validate(self) -> None:
@@ -154,6 +165,7 @@ class LeastKVPolicy(AnchorPolicy):
     """
 
     name = "least-kv"
+    replica_fields = frozenset({"kv_cache_usage"})
 
     def choose(self, snapshot: ClusterSnapshot, rng: random.Random) -> int:
         reps = snapshot.replicas

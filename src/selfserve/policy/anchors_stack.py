@@ -42,6 +42,7 @@ class ProductionStackPrefixAwarePolicy(AnchorPolicy):
     """
 
     name = "prodstack-prefixaware"
+    replica_fields = frozenset({"recent_requests_per_s"})
     prefix_min_match_length: int = 0
     _trie: dict = field(default_factory=dict, repr=False)  # hash -> set of replica indexes
 
@@ -91,6 +92,7 @@ class ProductionStackSessionPolicy(AnchorPolicy):
     """
 
     name = "prodstack-session"
+    replica_fields = frozenset({"recent_requests_per_s"})
     _ring_key: tuple = field(default=(), repr=False)
     _ring_points: list = field(default_factory=list, repr=False)
     _ring_owner: list = field(default_factory=list, repr=False)
@@ -132,6 +134,7 @@ class LiteLLMLatencyPolicy(AnchorPolicy):
     """
 
     name = "litellm-latency"
+    replica_fields = frozenset()
     samples: int = 10
     ttl_s: float = 3600.0
     lowest_latency_buffer: float = 0.0
@@ -195,6 +198,7 @@ class LMetricPolicy(AnchorPolicy):
     """
 
     name = "lmetric"
+    replica_fields = frozenset({"queued_prefill_tokens", "prefix_hit_tokens", "in_flight_requests"})
 
     def choose(self, snapshot: ClusterSnapshot, rng: random.Random) -> int:
         reps = snapshot.replicas

@@ -16,7 +16,7 @@ import math
 import random
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 
 from selfserve.policy.base import Policy
 from selfserve.policy.prefix_index import BlockLRUIndex
@@ -27,6 +27,8 @@ from selfserve.policy.snapshot import (
     ReplicaView,
     RequestView,
 )
+from selfserve.policy.views import FULL_PLAN, ReadPlan
+from selfserve.policy.views import replica_view as _replica_view
 
 # llm-d's approx-prefix producer: lruCapacityPerServer when the pod's block count is unknown.
 DEFAULT_INDEX_CAPACITY_BLOCKS = 31_250
@@ -36,92 +38,6 @@ DEFAULT_WINDOW_S = 60.0
 MEDIA_INDEX_CAPACITY = 10_000
 # LiteLLM latency-based routing averages the last 10 samples.
 TTFT_SAMPLES = 10
-
-
-def _positional_view_factory():
-    """A `ReplicaView` constructor taking every field positionally (declaration order).
-
-    It fills the slots through their descriptors, skipping the frozen dataclass
-    `__init__`'s per-field `object.__setattr__(self, "name", …)` lookups: the Router builds
-    one view per replica per decision, and this is ~1.7× faster. The result is an ordinary
-    frozen `ReplicaView`, equal to `ReplicaView(*same_args)` (a router test checks).
-    """
-    new = object.__new__
-    set_index = ReplicaView.index.__set__
-    set_name = ReplicaView.name.__set__
-    set_in_flight_requests = ReplicaView.in_flight_requests.__set__
-    set_prefill_requests = ReplicaView.prefill_requests.__set__
-    set_queued_prefill_tokens = ReplicaView.queued_prefill_tokens.__set__
-    set_decode_requests = ReplicaView.decode_requests.__set__
-    set_running_decode_tokens = ReplicaView.running_decode_tokens.__set__
-    set_prefix_hit_tokens = ReplicaView.prefix_hit_tokens.__set__
-    set_media_hit_tokens = ReplicaView.media_hit_tokens.__set__
-    set_recent_ttft_s = ReplicaView.recent_ttft_s.__set__
-    set_recent_output_tokens_per_s = ReplicaView.recent_output_tokens_per_s.__set__
-    set_recent_requests_per_s = ReplicaView.recent_requests_per_s.__set__
-    set_num_requests_running = ReplicaView.num_requests_running.__set__
-    set_num_requests_waiting = ReplicaView.num_requests_waiting.__set__
-    set_kv_cache_usage = ReplicaView.kv_cache_usage.__set__
-    set_metrics_age_s = ReplicaView.metrics_age_s.__set__
-    set_hardware = ReplicaView.hardware.__set__
-    set_model = ReplicaView.model.__set__
-    set_kv_capacity_tokens = ReplicaView.kv_capacity_tokens.__set__
-    set_max_model_len = ReplicaView.max_model_len.__set__
-    set_is_healthy = ReplicaView.is_healthy.__set__
-
-    def make(
-        index,
-        name,
-        in_flight_requests,
-        prefill_requests,
-        queued_prefill_tokens,
-        decode_requests,
-        running_decode_tokens,
-        prefix_hit_tokens,
-        media_hit_tokens,
-        recent_ttft_s,
-        recent_output_tokens_per_s,
-        recent_requests_per_s,
-        num_requests_running,
-        num_requests_waiting,
-        kv_cache_usage,
-        metrics_age_s,
-        hardware,
-        model,
-        kv_capacity_tokens,
-        max_model_len,
-        is_healthy,
-    ) -> ReplicaView:
-        view = new(ReplicaView)
-        set_index(view, index)
-        set_name(view, name)
-        set_in_flight_requests(view, in_flight_requests)
-        set_prefill_requests(view, prefill_requests)
-        set_queued_prefill_tokens(view, queued_prefill_tokens)
-        set_decode_requests(view, decode_requests)
-        set_running_decode_tokens(view, running_decode_tokens)
-        set_prefix_hit_tokens(view, prefix_hit_tokens)
-        set_media_hit_tokens(view, media_hit_tokens)
-        set_recent_ttft_s(view, recent_ttft_s)
-        set_recent_output_tokens_per_s(view, recent_output_tokens_per_s)
-        set_recent_requests_per_s(view, recent_requests_per_s)
-        set_num_requests_running(view, num_requests_running)
-        set_num_requests_waiting(view, num_requests_waiting)
-        set_kv_cache_usage(view, kv_cache_usage)
-        set_metrics_age_s(view, metrics_age_s)
-        set_hardware(view, hardware)
-        set_model(view, model)
-        set_kv_capacity_tokens(view, kv_capacity_tokens)
-        set_max_model_len(view, max_model_len)
-        set_is_healthy(view, is_healthy)
-        return view
-
-    return make
-
-
-_replica_view = _positional_view_factory()
-if tuple(ReplicaView.__slots__) != tuple(f.name for f in fields(ReplicaView)):
-    raise ImportError("ReplicaView slots and fields disagree; update _positional_view_factory")
 
 
 class RoutingError(ValueError):
@@ -144,6 +60,18 @@ class _ReplicaBook:
     dispatch_times_s: deque = field(default_factory=deque)
     completions: deque = field(default_factory=deque)  # (now_s, output_tokens)
     completed_output_tokens: int = 0
+    # Bumped by every event that changes a field above, so a cached view of this replica's
+    # own features is known current while it is unchanged.
+    version: int = 0
+
+    def prune(self, cutoff_s: float) -> None:
+        """Drop dispatches and completions older than `cutoff_s` from the rate windows."""
+        dispatches = self.dispatch_times_s
+        while dispatches and dispatches[0] < cutoff_s:
+            dispatches.popleft()
+        done = self.completions
+        while done and done[0][0] < cutoff_s:
+            self.completed_output_tokens -= done.popleft()[1]
 
 
 @dataclass(slots=True)
@@ -161,7 +89,9 @@ class Router:
     `window_s` is the sliding window for `recent_requests_per_s` and
     `recent_output_tokens_per_s`; `index_capacity_blocks` bounds each replica's prefix LRU
     (default: the replica's KV capacity in blocks of the request's block size when known,
-    else llm-d's 31,250 entries).
+    else llm-d's 31,250 entries). A policy that declares `replica_fields` gets snapshots
+    carrying those dynamic fields only (see `selfserve.policy.views`); `snapshot()` always
+    builds every field.
     """
 
     def __init__(
@@ -176,7 +106,6 @@ class Router:
             raise RoutingError("a Router needs at least one replica")
         if window_s <= 0:
             raise RoutingError(f"window_s must be > 0, got {window_s}")
-        self.policy = policy
         self.replicas: tuple[ReplicaInfo, ...] = tuple(replicas)
         self.window_s = window_s
         self._index_capacity_blocks = index_capacity_blocks
@@ -186,9 +115,26 @@ class Router:
         self._index_block_size = 0
         # media content hashes each replica was sent (its encoder/prefix cache may hold them)
         self._media_seen = [BlockLRUIndex([MEDIA_INDEX_CAPACITY]) for _ in self.replicas]
+        self._all_healthy = (True,) * len(self.replicas)
         self.num_routed = 0
+        self.policy = policy
 
     # ---- public API -------------------------------------------------------------------
+    @property
+    def policy(self) -> Policy:
+        return self._policy
+
+    @policy.setter
+    def policy(self, policy: Policy) -> None:
+        """Set the policy, read its `replica_fields` and forget views built for another."""
+        self._policy = policy
+        self._plan = ReadPlan.of(policy)
+        n = len(self.replicas)
+        self._view_keys: list[tuple | None] = [None] * n
+        self._views: list[ReplicaView | None] = [None] * n
+        self._view_tuple: tuple[ReplicaView, ...] = ()
+        self._static_health: tuple[bool, ...] | None = None
+
     def route(
         self,
         request: RequestView,
@@ -207,19 +153,24 @@ class Router:
             raise RoutingError("no healthy replica to route to")
         if request.request_id in self._in_flight:
             raise RoutingError(f"request {request.request_id!r} is already in flight")
-        snapshot = self.snapshot(request, now_s, metrics, healthy)
-        choice = self.policy.choose(snapshot, rng)
+        if self._index is None:
+            self._ensure_index(request.block_size)
+        snapshot = self._decision_snapshot(request, now_s, metrics, healthy)
+        policy = self._policy
+        choice = policy.choose(snapshot, rng)
         if not isinstance(choice, int) or not 0 <= choice < n:
+            raise RoutingError(f"policy {policy.name!r} returned {choice!r}; valid: 0..{n - 1}")
+        view = snapshot.replicas[choice]
+        if not view.is_healthy:
             raise RoutingError(
-                f"policy {self.policy.name!r} returned {choice!r}; valid: 0..{n - 1}"
-            )
-        if not snapshot.replicas[choice].is_healthy:
-            raise RoutingError(
-                f"policy {self.policy.name!r} chose unhealthy replica {choice} "
+                f"policy {policy.name!r} chose unhealthy replica {choice} "
                 f"({self.replicas[choice].name})"
             )
-        self._record_dispatch(snapshot, choice)
-        self.policy.on_route(snapshot, choice)
+        plan = self._plan
+        hit = view.prefix_hit_tokens if plan.prefix else self._prefix_hit_on(choice, request)
+        hit += view.media_hit_tokens if plan.media else self._media_hit_on(choice, request)
+        self._record_dispatch(request, now_s, choice, hit)
+        policy.on_route(snapshot, choice)
         return choice
 
     def on_first_token(self, request_id: str, now_s: float) -> None:
@@ -238,7 +189,8 @@ class Router:
             book.ttft_sum_s -= samples[0]
         samples.append(ttft_s)
         book.ttft_sum_s += ttft_s
-        self.policy.on_first_token(request_id, flight.replica, now_s)
+        book.version += 1
+        self._policy.on_first_token(request_id, flight.replica, now_s)
 
     def on_complete(
         self, request_id: str, now_s: float, output_tokens: int, ok: bool = True
@@ -257,7 +209,8 @@ class Router:
         if output_tokens > 0:
             book.completions.append((now_s, output_tokens))
             book.completed_output_tokens += output_tokens
-        self.policy.on_complete(request_id, flight.replica, now_s, ok)
+        book.version += 1
+        self._policy.on_complete(request_id, flight.replica, now_s, ok)
 
     def replica_of(self, request_id: str) -> int:
         return self._get(request_id).replica
@@ -290,18 +243,28 @@ class Router:
             out.append(min(cap, n * bs))
         return out
 
+    def _prefix_hit_on(self, replica: int, request: RequestView) -> int:
+        """`prefix_hit_tokens(request)[replica]`, for one replica."""
+        index = self._index
+        if index is None or not request.block_hashes:
+            return 0
+        n = index.contiguous_match(replica, request.block_hashes)
+        return min(request.prompt_tokens, n * request.block_size)
+
     def _media_hit_tokens(self, request: RequestView) -> list[int]:
         """Media tokens expected cached per replica: the request's media tokens times the
         share of its media items already sent there (per-item sizes are not in the view)."""
+        if not request.media_hashes or request.media_tokens <= 0:
+            return [0] * len(self.replicas)
+        return [self._media_hit_on(i, request) for i in range(len(self.replicas))]
+
+    def _media_hit_on(self, replica: int, request: RequestView) -> int:
         n = len(request.media_hashes)
         if not n or request.media_tokens <= 0:
-            return [0] * len(self.replicas)
-        out = []
-        for seen in self._media_seen:
-            held = seen.held[0]
-            k = sum(1 for h in request.media_hashes if h in held)
-            out.append(request.media_tokens * k // n)
-        return out
+            return 0
+        held = self._media_seen[replica].held[0]
+        k = sum(1 for h in request.media_hashes if h in held)
+        return request.media_tokens * k // n
 
     def snapshot(
         self,
@@ -310,67 +273,126 @@ class Router:
         metrics: Sequence[EngineMetrics | None],
         healthy: Sequence[bool] | None = None,
     ) -> ClusterSnapshot:
-        """The frozen view a policy decides on (also useful to inspect the Router)."""
-        hits = self.prefix_hit_tokens(request)
-        media_hits = self._media_hit_tokens(request)
-        cutoff_s = now_s - self.window_s
+        """The frozen view a policy decides on, every field filled (also useful to inspect
+        the Router)."""
+        health = self._all_healthy if healthy is None else tuple(map(bool, healthy))
+        views: list = [None] * len(self.replicas)
+        self._fill_views(FULL_PLAN, request, now_s, metrics, health, views, None)
+        return ClusterSnapshot(now_s=now_s, request=request, replicas=tuple(views))
+
+    # ---- internals --------------------------------------------------------------------
+    def _decision_snapshot(
+        self,
+        request: RequestView,
+        now_s: float,
+        metrics: Sequence[EngineMetrics | None],
+        healthy: Sequence[bool] | None,
+    ) -> ClusterSnapshot:
+        """The snapshot for the policy: the fields its plan reads, views reused while their
+        inputs are unchanged."""
+        health = self._all_healthy if healthy is None else tuple(map(bool, healthy))
+        plan = self._plan
+        if plan.is_static:
+            if health != self._static_health:
+                self._fill_views(plan, request, now_s, metrics, health, self._views, None)
+                self._view_tuple = tuple(self._views)
+                self._static_health = health
+        elif self._fill_views(plan, request, now_s, metrics, health, self._views, self._view_keys):
+            self._view_tuple = tuple(self._views)
+        return ClusterSnapshot(now_s, request, self._view_tuple)
+
+    def _fill_views(
+        self,
+        plan: ReadPlan,
+        request: RequestView,
+        now_s: float,
+        metrics: Sequence[EngineMetrics | None],
+        health: tuple[bool, ...],
+        views: list,
+        keys: list | None,
+    ) -> bool:
+        """Write each replica's view for a decision at `now_s` into `views`: the groups
+        `plan` reads hold their current values, the others their defaults. With `keys` (the
+        inputs each view was built from), a view whose inputs are unchanged is kept.
+        Returns whether any view was (re)built."""
+        hits = self.prefix_hit_tokens(request) if plan.prefix else None
+        media_hits = self._media_hit_tokens(request) if plan.media else None
+        own, rates, scraped, age = plan.own, plan.rates, plan.scraped, plan.age
         window_s = self.window_s
-        views = []
+        cutoff_s = now_s - window_s
+        infos = self.replicas
         inf = math.inf
-        for i, info in enumerate(self.replicas):
-            book = self._books[i]
-            dispatches = book.dispatch_times_s
-            while dispatches and dispatches[0] < cutoff_s:
-                dispatches.popleft()
-            done = book.completions
-            while done and done[0][0] < cutoff_s:
-                book.completed_output_tokens -= done.popleft()[1]
-            m = metrics[i]
-            if m is None:
-                running = waiting = 0
-                kv = 0.0
-                age_s = inf
-            else:
-                running, waiting, kv = (
-                    m.num_requests_running,
-                    m.num_requests_waiting,
-                    m.kv_cache_usage,
-                )
-                age_s = now_s - m.scraped_at_s
-                if age_s < 0.0:
-                    age_s = 0.0
-            samples = book.ttft_samples_s
-            # Positional, through the fast constructor: this runs for every replica on
-            # every decision. The router tests compare these views field by field, so an
-            # order change cannot pass silently.
-            views.append(
-                _replica_view(
-                    i,
-                    info.name,
-                    book.in_flight_requests,
-                    book.prefill_requests,
-                    book.queued_prefill_tokens,
-                    book.decode_requests,
-                    book.running_decode_tokens,
-                    hits[i],
-                    media_hits[i],
-                    book.ttft_sum_s / len(samples) if samples else 0.0,
-                    book.completed_output_tokens / window_s,
-                    len(dispatches) / window_s,
+        changed = False
+        for i, book in enumerate(self._books):
+            hit = 0 if hits is None else hits[i]
+            media_hit = 0 if media_hits is None else media_hits[i]
+            dispatched = completed = 0
+            if rates:
+                book.prune(cutoff_s)
+                dispatched = len(book.dispatch_times_s)
+                completed = book.completed_output_tokens
+            running = waiting = 0
+            kv = age_s = 0.0
+            if scraped or age:
+                m = metrics[i]
+                if m is None:
+                    if age:
+                        age_s = inf
+                else:
+                    if scraped:
+                        running = m.num_requests_running
+                        waiting = m.num_requests_waiting
+                        kv = m.kv_cache_usage
+                    if age:
+                        age_s = now_s - m.scraped_at_s
+                        if age_s < 0.0:
+                            age_s = 0.0
+            if keys is not None:
+                key = (
+                    book.version if own else 0,
+                    hit,
+                    media_hit,
+                    dispatched,
+                    completed,
                     running,
                     waiting,
                     kv,
                     age_s,
-                    info.hardware,
-                    info.model,
-                    info.kv_capacity_tokens,
-                    info.max_model_len,
-                    True if healthy is None else bool(healthy[i]),
+                    health[i],
                 )
+                if key == keys[i]:
+                    continue
+                keys[i] = key
+            changed = True
+            info = infos[i]
+            samples = book.ttft_samples_s
+            # Positional, through the fast constructor. The router tests compare these
+            # views field by field, so an order change cannot pass silently.
+            views[i] = _replica_view(
+                i,
+                info.name,
+                book.in_flight_requests if own else 0,
+                book.prefill_requests if own else 0,
+                book.queued_prefill_tokens if own else 0,
+                book.decode_requests if own else 0,
+                book.running_decode_tokens if own else 0,
+                hit,
+                media_hit,
+                book.ttft_sum_s / len(samples) if own and samples else 0.0,
+                completed / window_s,
+                dispatched / window_s,
+                running,
+                waiting,
+                kv,
+                age_s,
+                info.hardware,
+                info.model,
+                info.kv_capacity_tokens,
+                info.max_model_len,
+                health[i],
             )
-        return ClusterSnapshot(now_s=now_s, request=request, replicas=tuple(views))
+        return changed
 
-    # ---- internals --------------------------------------------------------------------
     def _get(self, request_id: str) -> _InFlight:
         flight = self._in_flight.get(request_id)
         if flight is None:
@@ -394,25 +416,28 @@ class Router:
         self._index_block_size = block_size
         return self._index
 
-    def _record_dispatch(self, snapshot: ClusterSnapshot, choice: int) -> None:
-        request = snapshot.request
+    def _record_dispatch(
+        self, request: RequestView, now_s: float, choice: int, hit_tokens: int
+    ) -> None:
         total_prompt = request.total_prompt_tokens
-        view = snapshot.replicas[choice]
-        hit = view.prefix_hit_tokens + view.media_hit_tokens
         flight = _InFlight(
-            replica=choice,
-            dispatched_s=snapshot.now_s,
-            uncached_prompt_tokens=max(0, total_prompt - hit),
-            context_tokens=total_prompt + request.expected_output_tokens,
+            choice,
+            now_s,
+            max(0, total_prompt - hit_tokens),
+            total_prompt + request.expected_output_tokens,
         )
         self._in_flight[request.request_id] = flight
         book = self._books[choice]
         book.in_flight_requests += 1
         book.prefill_requests += 1
         book.queued_prefill_tokens += flight.uncached_prompt_tokens
-        book.dispatch_times_s.append(snapshot.now_s)
+        # Keep the rate windows bounded whatever the policy reads (a snapshot prunes them
+        # again at its own time; pruning earlier entries first changes no value it reads).
+        book.prune(now_s - self.window_s)
+        book.dispatch_times_s.append(now_s)
+        book.version += 1
         if self._index is not None and request.block_hashes:
-            self._index.insert(choice, request.block_hashes, snapshot.now_s)
+            self._index.insert(choice, request.block_hashes, now_s)
         if request.media_hashes:
-            self._media_seen[choice].insert(0, request.media_hashes, snapshot.now_s)
+            self._media_seen[choice].insert(0, request.media_hashes, now_s)
         self.num_routed += 1
