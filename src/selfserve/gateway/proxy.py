@@ -99,7 +99,7 @@ class CompletionProxy:
                 )
         except ApiError as exc:
             self.metrics.errors.labels(exc.kind).inc()
-            self.metrics.requests.labels(endpoint, "", "", str(exc.status)).inc()
+            self.metrics.count_request(endpoint, "", "", str(exc.status))
             return exc.response()
         outcome = Outcome(
             request_id=f"{self._prefix}{next(self._ids)}",
