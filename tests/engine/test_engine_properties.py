@@ -54,16 +54,15 @@ def assert_blocks_conserved(replica: EngineReplica) -> None:
     ledger = replica.scheduler.ledger
     ledger.check()
     running = replica.scheduler.running
+    cached_blocks = ledger.cached_blocks
     refs: dict[int, int] = {}
     for req in running:
         for h in req.held_units:
             refs[h] = refs.get(h, 0) + 1
         assert req.plain_blocks >= 0
-        assert req.held_blocks == req.plain_blocks + sum(
-            ledger.cached_blocks[h] for h in req.held_units
-        )
+        assert req.held_blocks == req.plain_blocks + sum(cached_blocks[h] for h in req.held_units)
     assert refs == {h: n for h, n in ledger.cached_refs.items() if n > 0}
-    in_use_units = sum(ledger.cached_blocks[h] for h in refs)
+    in_use_units = sum(cached_blocks[h] for h in refs)
     private = sum(req.plain_blocks for req in running)
     assert private + in_use_units + ledger.num_free_blocks == ledger.num_blocks
 

@@ -17,6 +17,10 @@ from math import gcd
 
 from selfserve.workload.hashing import combine
 
+# A cached unit's entry packs its reference count and its size into one int, so that
+# referencing, freeing and evicting a unit each cost one dict operation.
+ONE_REF = 1 << 24  # entry = refs * ONE_REF + blocks (a unit never spans 2^24 blocks)
+
 
 class BlockLedger:
     """Counts of free and held KV blocks plus the cached prefix units."""
@@ -25,8 +29,7 @@ class BlockLedger:
         "num_blocks",
         "num_free_blocks",
         "free_queue",
-        "cached_refs",
-        "cached_blocks",
+        "units",
         "num_evicted_units",
         "_next_plain_key",
     )
@@ -38,8 +41,7 @@ class BlockLedger:
         self.num_free_blocks = num_blocks
         # key -> blocks; keys >= 0 are cached unit hashes, keys < 0 runs of private blocks
         self.free_queue: OrderedDict[int, int] = OrderedDict({-1: num_blocks})
-        self.cached_refs: dict[int, int] = {}  # unit hash -> requests holding it
-        self.cached_blocks: dict[int, int] = {}  # unit hash -> blocks in the unit
+        self.units: dict[int, int] = {}  # unit hash -> refs * ONE_REF + blocks
         self.num_evicted_units = 0
         self._next_plain_key = -2
 
@@ -52,8 +54,18 @@ class BlockLedger:
         """vLLM's kv_cache_usage_perc: 1 - free/total (cached free blocks count as free)."""
         return 1.0 - self.num_free_blocks / self.num_blocks
 
+    @property
+    def cached_blocks(self) -> dict[int, int]:
+        """Unit hash -> blocks in the unit, for every cached unit (a copy, for inspection)."""
+        return {h: entry % ONE_REF for h, entry in self.units.items()}
+
+    @property
+    def cached_refs(self) -> dict[int, int]:
+        """Unit hash -> requests holding it, for every cached unit (a copy)."""
+        return {h: entry // ONE_REF for h, entry in self.units.items()}
+
     def is_cached(self, unit_hash: int) -> bool:
-        return unit_hash in self.cached_blocks
+        return unit_hash in self.units
 
     def allocate(self, num_blocks: int) -> None:
         """Take `num_blocks` private blocks from the queue head (caller checked they fit)."""
@@ -70,16 +82,13 @@ class BlockLedger:
                 queue[key] = blocks - num_blocks
                 return
         popitem = queue.popitem
-        cached_blocks = self.cached_blocks
-        cached_refs = self.cached_refs
+        units = self.units
+        units_before = len(units)
         need = num_blocks
-        evicted = 0
         while True:
             key, blocks = popitem(False)
             if key >= 0:  # a cached unit: evict its hash
-                del cached_blocks[key]
-                del cached_refs[key]
-                evicted += 1
+                del units[key]
             if blocks >= need:
                 if blocks > need:
                     rest_key = self._next_plain_key
@@ -88,17 +97,16 @@ class BlockLedger:
                     queue.move_to_end(rest_key, last=False)
                 break
             need -= blocks
-        self.num_evicted_units += evicted
+        self.num_evicted_units += units_before - len(units)
 
     def acquire(self, unit_hash: int) -> int:
         """Reference a cached unit (a prefix hit); returns its block count."""
-        refs = self.cached_refs[unit_hash]
-        blocks = self.cached_blocks[unit_hash]
-        if refs == 0:
+        entry = self.units[unit_hash]
+        if entry < ONE_REF:  # free: leave the queue
             del self.free_queue[unit_hash]
-            self.num_free_blocks -= blocks
-        self.cached_refs[unit_hash] = refs + 1
-        return blocks
+            self.num_free_blocks -= entry
+        self.units[unit_hash] = entry + ONE_REF
+        return entry % ONE_REF
 
     def register(self, unit_hash: int, blocks: int) -> bool:
         """Name `blocks` private blocks of a running request as a cached unit.
@@ -106,10 +114,9 @@ class BlockLedger:
         Returns False when the hash is already cached (another request computed the same
         prefix meanwhile): the caller's copy then stays private, as in vLLM.
         """
-        if unit_hash in self.cached_blocks:
+        if unit_hash in self.units:
             return False
-        self.cached_blocks[unit_hash] = blocks
-        self.cached_refs[unit_hash] = 1
+        self.units[unit_hash] = ONE_REF + blocks
         return True
 
     def release(self, units: Sequence[int], plain_blocks: int) -> None:
@@ -128,16 +135,14 @@ class BlockLedger:
                 self._next_plain_key = key - 1
                 queue[key] = plain_blocks
             self.num_free_blocks += plain_blocks
-        refs = self.cached_refs
-        cached_blocks = self.cached_blocks
+        entries = self.units
         freed = 0
         for unit_hash in reversed(units):
-            count = refs[unit_hash] - 1
-            refs[unit_hash] = count
-            if not count:
-                blocks = cached_blocks[unit_hash]
-                queue[unit_hash] = blocks
-                freed += blocks
+            entry = entries[unit_hash] - ONE_REF
+            entries[unit_hash] = entry
+            if entry < ONE_REF:  # no holder left: the unit joins the queue (still cached)
+                queue[unit_hash] = entry
+                freed += entry
         self.num_free_blocks += freed
 
     def check(self) -> None:
@@ -146,10 +151,10 @@ class BlockLedger:
         assert queued == self.num_free_blocks, (queued, self.num_free_blocks)
         for key in self.free_queue:
             if key >= 0:
-                assert self.cached_refs[key] == 0, key
-        for unit_hash, refs in self.cached_refs.items():
-            assert refs >= 0
-            assert (refs == 0) == (unit_hash in self.free_queue), unit_hash
+                assert self.units[key] < ONE_REF, key
+        for unit_hash, entry in self.units.items():
+            assert entry >= 0 and entry % ONE_REF > 0, (unit_hash, entry)
+            assert (entry < ONE_REF) == (unit_hash in self.free_queue), unit_hash
 
 
 def hash_units(

@@ -63,6 +63,7 @@ class EngineReplica:
         self._stable_decode = False  # the next step decodes the running batch unchanged
         self._plan: DecodePlan | None = None  # a lazy run of such steps (fast mode)
         self._decode_coeffs: dict[int, tuple[float, float, float, float]] = {}
+        self.next_change_s = math.inf  # see `_sync_next_change`
         if hasattr(perf, "step_cost"):
             self._step_cost = _cost_from_step_cost(perf)
         else:
@@ -113,6 +114,7 @@ class EngineReplica:
         sched.waiting.append(req)
         self.requests[req.request_id] = req
         self._stable_decode = False
+        self.next_change_s = self.clock_s  # busy; `materialize` consumed any plan
 
     def abort(self, request_id: str) -> bool:
         """Drop a request wherever it is; returns False if it is not here."""
@@ -131,6 +133,7 @@ class EngineReplica:
         req.plain_blocks = req.held_blocks = 0
         req.status = ABORTED
         self._stable_decode = False
+        self._sync_next_change()
         return True
 
     @property
@@ -143,6 +146,7 @@ class EngineReplica:
         self.materialize(now_s)
         start_s = max(now_s, self.clock_s)
         result = self._run_step(start_s)
+        self._sync_next_change()
         if result is None:
             return None
         batch, first, emitted, finished, end_s, energy_j = result
@@ -190,10 +194,16 @@ class EngineReplica:
             plan = self._plan
             if plan is not None:
                 if plan.last_start_s >= t_s:
-                    return  # inside the plan: nothing observable changes before t_s
+                    # inside the plan: nothing observable changes before t_s
+                    self.next_change_s = plan.last_start_s
+                    return
                 self._apply_plan(plan.max_steps)
                 continue
-            if self.clock_s >= t_s or not (sched.running or sched.waiting):
+            if not (sched.running or sched.waiting):
+                self.next_change_s = math.inf
+                return
+            if self.clock_s >= t_s:
+                self.next_change_s = self.clock_s
                 return
             if self._stable_decode and self._start_plan():
                 continue
@@ -205,28 +215,39 @@ class EngineReplica:
                 events.append((end_s, FINISHED, req))
             self._stable_decode = self._next_step_is_pure_decode(batch, finished)
 
-    @property
-    def next_change_s(self) -> float:
-        """`advance_to(t)` does work only for t > this (inf when idle)."""
-        if self._plan is not None:
-            return self._plan.last_start_s
+    def _sync_next_change(self) -> None:
+        """Set `next_change_s`: `advance_to(t)` does work only for t > it (inf when idle).
+
+        A plain attribute, not a property: the simulator reads it for every replica at
+        every arrival. Every public method that changes the replica's state sets it.
+        """
+        plan = self._plan
+        if plan is not None:
+            self.next_change_s = plan.last_start_s
+            return
         sched = self.scheduler
-        return self.clock_s if (sched.running or sched.waiting) else math.inf
+        self.next_change_s = self.clock_s if (sched.running or sched.waiting) else math.inf
 
     def materialize(self, t_s: float) -> None:
         """Apply the steps of a pending decode plan that start before `t_s`."""
         plan = self._plan
         if plan is not None:
             self._apply_plan(plan.steps_started_before(t_s, self.perf))
+            self._sync_next_change()
 
     def kv_usage_at(self, t_s: float) -> float:
         """KV usage after the steps that start before `t_s` (without applying them)."""
         plan = self._plan
         ledger = self.scheduler.ledger
         if plan is None:
-            return ledger.usage
-        steps = plan.steps_started_before(t_s, self.perf)
-        used = plan.used_blocks + new_blocks(plan.slacks, steps, self.config.block_size)
+            return 1.0 - ledger.num_free_blocks / ledger.num_blocks  # `ledger.usage`, inlined
+        if t_s > plan.last_start_s:
+            used = plan.used_blocks + plan.blocks_at_end
+        else:
+            steps = plan.steps_started_before(t_s, self.perf)
+            used = plan.used_blocks
+            if steps:
+                used += new_blocks(plan.slacks, steps, self.config.block_size)
         return 1.0 - (ledger.num_blocks - used) / ledger.num_blocks  # as `ledger.usage`
 
     def _next_step_is_pure_decode(self, batch: Batch, finished: list[EngineRequest]) -> bool:
@@ -276,10 +297,15 @@ class EngineReplica:
             slacks_append(
                 (r.held_blocks - r.units_end_blocks) * block_size - (computed - r.units_end_tokens)
             )
-        max_steps = steps_within_kv(slacks, to_finish, sched.ledger.num_free_blocks, block_size)
-        if max_steps <= 0:
-            self._stable_decode = False
-            return False
+        ledger = sched.ledger
+        max_steps = to_finish
+        blocks_at_end = new_blocks(slacks, to_finish, block_size)
+        if blocks_at_end > ledger.num_free_blocks:  # the KV cache fills up first
+            max_steps = steps_within_kv(slacks, to_finish, ledger.num_free_blocks, block_size)
+            if max_steps <= 0:
+                self._stable_decode = False
+                return False
+            blocks_at_end = new_blocks(slacks, max_steps, block_size)
         batch_size = len(running)
         context += batch_size
         coeffs = self._decode_coeffs.get(batch_size)
@@ -306,10 +332,11 @@ class EngineReplica:
             last_start_s,
             end_s,
             slacks,
-            sched.ledger.num_used_blocks,
+            ledger.num_blocks - ledger.num_free_blocks,
             max_steps < to_finish,
             alpha,
             beta,
+            blocks_at_end,
         )
         return True
 
@@ -335,10 +362,9 @@ class EngineReplica:
             cost = self.perf.decode_stretch(b, context, steps)
             cost_time_s, energy_j = cost.time_s, cost.energy_j
         end_s = plan.start_s + cost_time_s
-        finished: list[EngineRequest] = []
+        finished: list[EngineRequest] | None = None
         total_new_blocks = 0
-        slacks = plan.slacks
-        for req, slack in zip(running, slacks, strict=False):
+        for req, slack in zip(running, plan.slacks, strict=False):
             if steps > slack:
                 extra = (steps - slack + block_size - 1) // block_size
                 req.plain_blocks += extra
@@ -348,18 +374,24 @@ class EngineReplica:
             emitted = req.num_emitted_tokens + steps
             req.num_emitted_tokens = emitted
             if emitted >= req.output_tokens:
-                finished.append(req)
-        sched.ledger.allocate(total_new_blocks)
-        sched.generation_tokens += steps * plan.batch_size
+                if finished is None:
+                    finished = [req]
+                else:
+                    finished.append(req)
+        if total_new_blocks:
+            sched.ledger.allocate(total_new_blocks)
+        sched.generation_tokens += steps * b
         self.num_steps += steps
         self.busy_s += cost_time_s
         self.energy_j += energy_j
         self.clock_s = end_s
-        if finished:
+        if finished is not None:
+            requests = self.requests
+            events = self.events
             for req in finished:
                 sched._finish(req, end_s)
-                del self.requests[req.request_id]
-                self.events.append((end_s, FINISHED, req))
+                del requests[req.request_id]
+                events.append((end_s, FINISHED, req))
             sched.running = [r for r in running if r.status == RUNNING]
             # the rest keep decoding unless a waiting request may now be admitted
             self._stable_decode = bool(sched.running) and not sched.waiting

@@ -17,7 +17,7 @@ from __future__ import annotations
 from bisect import bisect_right
 from dataclasses import dataclass, field
 
-from selfserve.engine.blocks import hash_units
+from selfserve.engine.blocks import ONE_REF, hash_units
 from selfserve.workload.hashing import combine
 
 WAITING = 0
@@ -57,7 +57,8 @@ class EngineRequest:
     unit_hashes: list[int] = field(default_factory=list)
     unit_end_tokens: list[int] = field(default_factory=list)
     unit_end_blocks: list[int] = field(default_factory=list)
-    unit_blocks: list[int] = field(default_factory=list)  # blocks of each unit
+    # per unit: its ledger entry once registered (one reference + its blocks)
+    unit_entries: list[int] = field(default_factory=list)
     units_distinct: bool = True  # no hash repeats among the units (bulk-registration guard)
     # KV held: cached units (hits and registered) + private ("plain") blocks
     held_units: list[int] = field(default_factory=list)
@@ -91,7 +92,7 @@ class EngineRequest:
         self.prompt_total = self.prompt_tokens + self.media_tokens
         if not self.block_hashes and not self.media_hashes:
             self.unit_hashes, self.unit_end_tokens, self.unit_end_blocks = [], [], []
-            self.unit_blocks = []
+            self.unit_entries = []
             self.units_end_tokens = self.units_end_blocks = 0
             self.units_distinct = True
             return
@@ -107,7 +108,7 @@ class EngineRequest:
             end_blocks = list(range(blocks_per_unit, blocks_per_unit * n_text + 1, blocks_per_unit))
         else:
             ends, end_blocks = [], []
-        unit_blocks = [blocks_per_unit] * n_text
+        unit_entries = [ONE_REF + blocks_per_unit] * n_text
         self.media_first_unit = n_text
         if self.media_hashes:
             parts = self.media_part_tokens or _split_evenly(
@@ -126,11 +127,11 @@ class EngineRequest:
                 hashes.append(parent)
                 ends.append(end)
                 end_blocks.append(end_block)
-                unit_blocks.append(item_blocks)
+                unit_entries.append(ONE_REF + item_blocks)
         self.unit_hashes = hashes
         self.unit_end_tokens = ends
         self.unit_end_blocks = end_blocks
-        self.unit_blocks = unit_blocks
+        self.unit_entries = unit_entries
         self.units_end_tokens = ends[-1] if ends else 0
         self.units_end_blocks = end_blocks[-1] if end_blocks else 0
         self.units_distinct = len(set(hashes)) == len(hashes)

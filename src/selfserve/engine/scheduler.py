@@ -16,7 +16,7 @@ from bisect import bisect_right
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from selfserve.engine.blocks import BlockLedger
+from selfserve.engine.blocks import ONE_REF, BlockLedger
 from selfserve.engine.config import EngineConfig
 from selfserve.engine.request import FINISHED, RUNNING, WAITING, EngineRequest
 
@@ -143,14 +143,12 @@ class Scheduler:
             if caching:
                 units = req.unit_hashes
                 ends = req.unit_end_tokens
-                cached_blocks = ledger.cached_blocks
-                refs = ledger.cached_refs
+                entries = ledger.units
                 # vLLM recomputes at least the last token, so a hit stops before it
-                while (
-                    hits < len(units) and ends[hits] < num_tokens and units[hits] in cached_blocks
-                ):
-                    if refs[units[hits]] == 0:
-                        hit_free_blocks += cached_blocks[units[hits]]
+                while hits < len(units) and ends[hits] < num_tokens and units[hits] in entries:
+                    entry = entries[units[hits]]
+                    if entry < ONE_REF:  # free cached blocks the hit takes off the queue
+                        hit_free_blocks += entry
                     hits += 1
             cached_tokens = req.unit_end_tokens[hits - 1] if hits else 0
             hit_blocks = req.unit_end_blocks[hits - 1] if hits else 0
@@ -167,16 +165,15 @@ class Scheduler:
                 # reference the hit units (ledger.acquire, inlined: one call per unit)
                 held = req.held_units
                 unit_hashes = req.unit_hashes
-                refs = ledger.cached_refs
-                cached_blocks = ledger.cached_blocks
+                entries = ledger.units
                 free_queue = ledger.free_queue
                 for k in range(hits):
                     unit_hash = unit_hashes[k]
-                    count = refs[unit_hash]
-                    if count == 0:
+                    entry = entries[unit_hash]
+                    if entry < ONE_REF:
                         del free_queue[unit_hash]
-                        ledger.num_free_blocks -= cached_blocks[unit_hash]
-                    refs[unit_hash] = count + 1
+                        ledger.num_free_blocks -= entry
+                    entries[unit_hash] = entry + ONE_REF
                     held.append(unit_hash)
             ledger.allocate(need)
             req.plain_blocks = need
@@ -284,24 +281,20 @@ class Scheduler:
         A unit another request cached meanwhile stays private to `req`, as in vLLM. When
         none is (the usual case) the whole run is registered with C-level dict updates.
         """
-        ledger = self.ledger
-        cached_blocks = ledger.cached_blocks
+        entries = self.ledger.units
         new_units = req.unit_hashes[k:k_end]
         req.next_unit = k_end
-        if req.units_distinct and cached_blocks.keys().isdisjoint(new_units):
-            cached_blocks.update(zip(new_units, req.unit_blocks[k:k_end], strict=True))
-            ledger.cached_refs.update(dict.fromkeys(new_units, 1))
+        if req.units_distinct and entries.keys().isdisjoint(new_units):
+            entries.update(zip(new_units, req.unit_entries[k:k_end], strict=True))
             req.held_units += new_units
             end_blocks = req.unit_end_blocks
             req.plain_blocks -= end_blocks[k_end - 1] - (end_blocks[k - 1] if k else 0)
             return
-        cached_refs = ledger.cached_refs
-        for unit_hash, blocks in zip(new_units, req.unit_blocks[k:k_end], strict=True):
-            if unit_hash not in cached_blocks:
-                cached_blocks[unit_hash] = blocks
-                cached_refs[unit_hash] = 1
+        for unit_hash, entry in zip(new_units, req.unit_entries[k:k_end], strict=True):
+            if unit_hash not in entries:
+                entries[unit_hash] = entry
                 req.held_units.append(unit_hash)
-                req.plain_blocks -= blocks
+                req.plain_blocks -= entry - ONE_REF
 
     def _finish(self, req: EngineRequest, end_s: float) -> None:
         self.ledger.release(req.held_units, req.plain_blocks)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from selfserve.engine.request import EngineRequest
 
@@ -35,21 +35,27 @@ class DecodePlan:
     kv_limited: bool  # the plan stops because the next block would not fit
     alpha_s: float  # step time = alpha + beta x total context (nan: not affine)
     beta_s: float
+    blocks_at_end: int = 0  # blocks the whole plan allocates (new_blocks at max_steps)
+    # elapsed(q) = a2*q^2 + a1*q: coefficients of the plan's time after q steps
+    a2: float = field(init=False)
+    a1: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.a2 = 0.5 * self.beta_s * self.batch_size
+        self.a1 = self.alpha_s + self.beta_s * self.context_tokens - self.a2
 
     def steps_started_before(self, t_s: float, perf) -> int:
         """How many of the plan's steps start strictly before `t_s`."""
+        if t_s > self.last_start_s:
+            return self.max_steps
         budget = t_s - self.start_s
         if budget <= 0.0:
             return 0
-        if t_s > self.last_start_s:
-            return self.max_steps
-        b = self.batch_size
-        if math.isnan(self.alpha_s):
-            return _search_steps(perf, b, self.context_tokens, budget, self.max_steps)
+        a1 = self.a1
+        if a1 != a1:  # nan: not affine
+            return _search_steps(perf, self.batch_size, self.context_tokens, budget, self.max_steps)
         # elapsed(q) = q*alpha + beta*(q*C + b*q*(q-1)/2) < budget  <=>  q < root
-        a2 = 0.5 * self.beta_s * b
-        a1 = self.alpha_s + self.beta_s * self.context_tokens - a2
-        disc = a1 * a1 + 4.0 * a2 * budget
+        disc = a1 * a1 + 4.0 * self.a2 * budget
         root = 2.0 * budget / (a1 + math.sqrt(disc)) if a1 > 0.0 else budget / max(a1, 1e-30)
         return min(math.ceil(root), self.max_steps)
 
