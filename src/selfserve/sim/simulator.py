@@ -25,6 +25,7 @@ from selfserve.engine.replica import FIRST_TOKEN
 from selfserve.policy import make_policy
 from selfserve.policy.router import Router
 from selfserve.policy.snapshot import EngineMetrics, RequestView
+from selfserve.policy.views import positional_constructor
 from selfserve.sim.cluster import ClusterSpec
 from selfserve.sim.environment import Environment
 from selfserve.sim.result import ReplicaStats, RequestRecord, SimResult
@@ -32,6 +33,9 @@ from selfserve.sim.slo import SLO
 from selfserve.workload.request import Request, Workload
 
 ARRIVAL_PRIORITY = 0  # replica i's events use priority 1 + i
+# Built once per request per run: positional, skipping the frozen __init__'s setattr calls.
+_request_view = positional_constructor(RequestView)
+_request_record = positional_constructor(RequestRecord)
 ProgressFn = Callable[[int, int], None]
 
 
@@ -144,17 +148,22 @@ class _Run:
         req = self.requests[k]
         rid = self.ids[k]
         media = req.media
-        media_hashes = tuple(p.content_hash for p in media) if media else ()
-        view = RequestView(
-            request_id=rid,
-            arrival_s=arrival_s,
-            prompt_tokens=req.prompt_tokens,
-            media_tokens=req.media_tokens if media else 0,
-            expected_output_tokens=req.output_tokens,
-            block_hashes=req.block_hashes,
-            block_size=req.block_size,
-            media_hashes=media_hashes,
-            session_id=req.session_id,
+        if media:
+            media_hashes = tuple(p.content_hash for p in media)
+            media_tokens = req.media_tokens
+        else:
+            media_hashes = ()
+            media_tokens = 0
+        view = _request_view(
+            rid,
+            arrival_s,
+            req.prompt_tokens,
+            media_tokens,
+            req.output_tokens,
+            req.block_hashes,
+            req.block_size,
+            media_hashes,
+            req.session_id,
         )
         choice = self.router.route(view, arrival_s, self.metrics, self.env.rng)
         self.routes[k] = choice
@@ -164,7 +173,7 @@ class _Run:
             prompt_tokens=req.prompt_tokens,
             output_tokens=req.output_tokens,
             block_hashes=req.block_hashes,
-            media_tokens=view.media_tokens,
+            media_tokens=media_tokens,
             media_hashes=media_hashes,
             arrival_s=arrival_s,
             hash_block_tokens=req.block_size,
@@ -285,47 +294,36 @@ class _Run:
     # ---- result -----------------------------------------------------------------------
     def result(self, *, policy, cluster, mode, seed, rate_scale, wall_s, slo) -> SimResult:
         records: list[RequestRecord] = []
+        append = records.append
         end_s = self.arrivals[-1] if self.arrivals else 0.0
         for k, req in enumerate(self.requests):
             ereq = self.engine_requests[k]
             a = self.arrivals[k]
-            if self.rejected[k] is not None or ereq is None:
-                records.append(
-                    RequestRecord(
-                        request_id=self.ids[k],
-                        arrival_s=a,
-                        replica=self.routes[k],
-                        prompt_tokens=req.total_prompt_tokens,
-                        output_tokens=req.output_tokens,
-                        cached_tokens=0,
-                        ttft_s=-1.0,
-                        tpot_s=-1.0,
-                        e2e_s=-1.0,
-                        preemptions=0,
-                        rejected=self.rejected[k] or "never routed",
+            rejected = self.rejected[k]
+            if rejected is not None or ereq is None:
+                append(
+                    _request_record(
+                        self.ids[k], a, self.routes[k], req.total_prompt_tokens,
+                        req.output_tokens, 0, -1.0, -1.0, -1.0, 0, rejected or "never routed",
                     )
-                )
+                )  # fmt: skip
                 continue
-            if ereq.finish_s < 0:
+            finish_s = ereq.finish_s
+            if finish_s < 0:
                 raise SimulationError(f"request {ereq.request_id!r} never finished")
             ttft = ereq.first_token_s - a
-            e2e = ereq.finish_s - a
+            e2e = finish_s - a
             out = ereq.num_emitted_tokens
-            records.append(
-                RequestRecord(
-                    request_id=ereq.request_id,
-                    arrival_s=a,
-                    replica=self.routes[k],
-                    prompt_tokens=ereq.total_prompt_tokens,
-                    output_tokens=out,
-                    cached_tokens=max(0, ereq.num_cached_tokens),
-                    ttft_s=ttft,
-                    tpot_s=(e2e - ttft) / (out - 1) if out > 1 else 0.0,
-                    e2e_s=e2e,
-                    preemptions=ereq.num_preemptions,
+            cached = ereq.num_cached_tokens
+            append(
+                _request_record(
+                    ereq.request_id, a, self.routes[k], ereq.prompt_tokens + ereq.media_tokens,
+                    out, cached if cached > 0 else 0, ttft,
+                    (e2e - ttft) / (out - 1) if out > 1 else 0.0, e2e, ereq.num_preemptions, None,
                 )
-            )
-            end_s = max(end_s, ereq.finish_s)
+            )  # fmt: skip
+            if finish_s > end_s:
+                end_s = finish_s
         stats = []
         for i, replica in enumerate(self.replicas):
             m = replica.metrics()
