@@ -14,6 +14,7 @@ The replica knows nothing of other replicas or of wall clocks: time arrives as a
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 
 from selfserve.engine.config import EngineConfig, EngineConfigError, RequestTooLarge
 from selfserve.engine.outputs import EngineStats, StepOutput
@@ -23,6 +24,7 @@ from selfserve.engine.stretch import (
     DecodePlan,
     decode_coefficients,
     new_blocks,
+    sorted_if_small,
     steps_within_kv,
 )
 
@@ -247,7 +249,7 @@ class EngineReplica:
             steps = plan.steps_started_before(t_s, self.perf)
             used = plan.used_blocks
             if steps:
-                used += new_blocks(plan.slacks, steps, self.config.block_size)
+                used += plan.new_blocks(steps, self.config.block_size)
         return 1.0 - (ledger.num_blocks - used) / ledger.num_blocks  # as `ledger.usage`
 
     def _next_step_is_pure_decode(self, batch: Batch, finished: list[EngineRequest]) -> bool:
@@ -271,6 +273,8 @@ class EngineReplica:
             return True
         if sched.waiting:
             return False
+        if len(batch.scheduled) - len(finished) == len(running):  # every one ran this step
+            return not sched.num_mid_prefill
         for req in running:
             if (
                 req.num_emitted_tokens == 0
@@ -299,7 +303,12 @@ class EngineReplica:
             )
         ledger = sched.ledger
         max_steps = to_finish
-        blocks_at_end = new_blocks(slacks, to_finish, block_size)
+        ordered = sorted_if_small(slacks, block_size)
+        if ordered is not None:  # DecodePlan.new_blocks, inlined
+            q, r = divmod(to_finish, block_size)
+            blocks_at_end = len(ordered) * q + bisect_left(ordered, r)
+        else:
+            blocks_at_end = new_blocks(slacks, to_finish, block_size)
         if blocks_at_end > ledger.num_free_blocks:  # the KV cache fills up first
             max_steps = steps_within_kv(slacks, to_finish, ledger.num_free_blocks, block_size)
             if max_steps <= 0:
@@ -337,6 +346,9 @@ class EngineReplica:
             alpha,
             beta,
             blocks_at_end,
+            0.5 * beta * batch_size,
+            alpha + beta * context - 0.5 * beta * batch_size,
+            ordered,
         )
         return True
 

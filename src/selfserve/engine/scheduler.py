@@ -50,6 +50,7 @@ class Scheduler:
         "num_preemptions",
         "prompt_tokens_computed",
         "generation_tokens",
+        "num_mid_prefill",
     )
 
     def __init__(self, config: EngineConfig, num_blocks: int, has_encoder: bool) -> None:
@@ -67,6 +68,7 @@ class Scheduler:
         self.num_preemptions = 0
         self.prompt_tokens_computed = 0
         self.generation_tokens = 0
+        self.num_mid_prefill = 0  # requests the last `update` left with prompt still to do
 
     # ---- deciding -----------------------------------------------------------------------
     def schedule(self) -> Batch:
@@ -242,6 +244,7 @@ class Scheduler:
         emitted_reqs: list[EngineRequest] = []
         finished: list[EngineRequest] = []
         prompt_computed = 0
+        mid_prefill = 0
         # locals: this loop runs once per scheduled request per step (the engine's hot path)
         first_append = first.append
         emitted_append = emitted_reqs.append
@@ -267,6 +270,9 @@ class Scheduler:
                     first_append(req)
                 if emitted >= req.output_tokens:
                     finished.append(req)
+            else:
+                mid_prefill += 1
+        self.num_mid_prefill = mid_prefill
         self.prompt_tokens_computed += prompt_computed
         self.generation_tokens += len(emitted_reqs)
         if finished:

@@ -14,8 +14,9 @@ ends). Applying k steps touches requests and the block ledger exactly as k singl
 from __future__ import annotations
 
 import math
+from bisect import bisect_left
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from selfserve.engine.request import EngineRequest
 
@@ -35,14 +36,24 @@ class DecodePlan:
     kv_limited: bool  # the plan stops because the next block would not fit
     alpha_s: float  # step time = alpha + beta x total context (nan: not affine)
     beta_s: float
-    blocks_at_end: int = 0  # blocks the whole plan allocates (new_blocks at max_steps)
-    # elapsed(q) = a2*q^2 + a1*q: coefficients of the plan's time after q steps
-    a2: float = field(init=False)
-    a1: float = field(init=False)
+    blocks_at_end: int  # blocks the whole plan allocates (new_blocks at max_steps)
+    # elapsed(q) = a2*q^2 + a1*q: the plan's time after q steps (nan: not affine)
+    a2: float
+    a1: float
+    # the slacks sorted, when all lie in [0, block_size): then `new_blocks` is a bisection
+    sorted_slacks: list[int] | None
 
-    def __post_init__(self) -> None:
-        self.a2 = 0.5 * self.beta_s * self.batch_size
-        self.a1 = self.alpha_s + self.beta_s * self.context_tokens - self.a2
+    def new_blocks(self, steps: int, block_size: int) -> int:
+        """KV blocks the batch allocates over its first `steps` steps (`new_blocks`).
+
+        With every slack s in [0, block_size) and steps = q*block_size + r, a request
+        needs q blocks, plus one more when s < r.
+        """
+        ordered = self.sorted_slacks
+        if ordered is None:
+            return new_blocks(self.slacks, steps, block_size)
+        q, r = divmod(steps, block_size)
+        return len(ordered) * q + bisect_left(ordered, r)
 
     def steps_started_before(self, t_s: float, perf) -> int:
         """How many of the plan's steps start strictly before `t_s`."""
@@ -109,6 +120,14 @@ def steps_within_kv(
         else:
             hi = mid
     return lo
+
+
+def sorted_if_small(slacks: list[int], block_size: int) -> list[int] | None:
+    """`slacks` sorted if each lies in [0, block_size) (see `DecodePlan.new_blocks`)."""
+    ordered = sorted(slacks)
+    if ordered and ordered[0] >= 0 and ordered[-1] < block_size:
+        return ordered
+    return None
 
 
 def _search_steps(perf, batch_size: int, context: int, budget_s: float, max_steps: int) -> int:
