@@ -66,8 +66,9 @@ class EngineReplica:
         self._plan: DecodePlan | None = None  # a lazy run of such steps (fast mode)
         self._decode_coeffs: dict[int, tuple[float, float, float, float]] = {}
         self.next_change_s = math.inf  # see `_sync_next_change`
+        # (time_s, energy_j) of one step: a StepCost is such a tuple
         if hasattr(perf, "step_cost"):
-            self._step_cost = _cost_from_step_cost(perf)
+            self._step_cost = perf.step_cost
         else:
             self._step_cost = _cost_from_parts(perf)
 
@@ -432,16 +433,6 @@ class EngineReplica:
             num_free_blocks=ledger.num_free_blocks,
             num_blocks=ledger.num_blocks,
         )
-
-
-def _cost_from_step_cost(perf):
-    step_cost = perf.step_cost
-
-    def cost(prefill, decode_contexts) -> tuple[float, float]:
-        c = step_cost(prefill, decode_contexts)
-        return c.time_s, c.energy_j
-
-    return cost
 
 
 def _cost_from_parts(perf):

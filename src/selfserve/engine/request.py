@@ -24,6 +24,7 @@ WAITING = 0
 RUNNING = 1
 FINISHED = 2
 ABORTED = 3
+NO_UNIT = 1 << 62  # `next_unit_end_tokens` when every unit is held
 
 
 @dataclass(slots=True)
@@ -65,6 +66,7 @@ class EngineRequest:
     plain_blocks: int = 0
     held_blocks: int = 0
     next_unit: int = 0  # first unit not yet held
+    next_unit_end_tokens: int = NO_UNIT  # computed tokens that complete it (see `unit_end`)
     media_first_unit: int = 0  # index of the first media unit in `unit_hashes`
     prompt_total: int = 0  # text + media prompt tokens (set by `prepare`)
     units_end_tokens: int = 0  # tokens covered by all units (set by `prepare`)
@@ -95,6 +97,7 @@ class EngineRequest:
             self.unit_entries = []
             self.units_end_tokens = self.units_end_blocks = 0
             self.units_distinct = True
+            self.next_unit_end_tokens = NO_UNIT
             return
         units, unit_tokens = hash_units(
             self.block_hashes, self.hash_block_tokens or block_size, block_size
@@ -135,6 +138,13 @@ class EngineRequest:
         self.units_end_tokens = ends[-1] if ends else 0
         self.units_end_blocks = end_blocks[-1] if end_blocks else 0
         self.units_distinct = len(set(hashes)) == len(hashes)
+        self.next_unit_end_tokens = ends[0] if ends else NO_UNIT
+
+    def unit_end(self, k: int) -> int:
+        """Tokens that complete unit `k` (NO_UNIT past the last): the scheduler compares
+        it with the computed tokens to see, in one test, whether a unit just completed."""
+        ends = self.unit_end_tokens
+        return ends[k] if k < len(ends) else NO_UNIT
 
     def blocks_for(self, num_tokens: int, block_size: int) -> int:
         """KV blocks needed to hold the first `num_tokens` tokens of this request."""

@@ -12,7 +12,7 @@ computed, units named in the prefix cache, tokens emitted, requests finished.
 
 from __future__ import annotations
 
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
@@ -85,7 +85,8 @@ class Scheduler:
         decode_append = decode_contexts.append
         prefill_append = prefill.append
         i = 0
-        while i < len(running) and budget > 0:
+        num_running = len(running)
+        while i < num_running and budget > 0:
             req = running[i]
             computed = req.num_computed_tokens
             emitted = req.num_emitted_tokens
@@ -93,32 +94,23 @@ class Scheduler:
             is_decode = num_new == 1 and emitted > 0
             if num_new > budget:
                 num_new = budget
-            fits = True
-            while True:
-                total = computed + num_new
-                units_end_tokens = req.units_end_tokens
-                if total >= units_end_tokens:
-                    need = (
-                        req.units_end_blocks
-                        + (total - units_end_tokens + block_size - 1) // block_size
-                        - req.held_blocks
-                    )
-                else:
-                    need = req.blocks_for(total, block_size) - req.held_blocks
-                if need <= ledger.num_free_blocks:
-                    if need > 0:
-                        ledger.allocate(need)
-                        req.plain_blocks += need
-                        req.held_blocks += need
+            total = computed + num_new
+            units_end_tokens = req.units_end_tokens
+            if total >= units_end_tokens:
+                need = (
+                    req.units_end_blocks
+                    + (total - units_end_tokens + block_size - 1) // block_size
+                    - req.held_blocks
+                )
+            else:
+                need = req.blocks_for(total, block_size) - req.held_blocks
+            if need > 0:
+                if need > ledger.num_free_blocks and not self._make_room(req, need, batch):
                     break
-                victim = running.pop()
-                self._preempt(victim)
-                batch.preempted.append(victim)
-                if victim is req:
-                    fits = False
-                    break
-            if not fits:
-                break
+                ledger.allocate(need)
+                req.plain_blocks += need
+                req.held_blocks += need
+                num_running = len(running)
             scheduled_append((req, num_new))
             if is_decode:
                 decode_append(computed + 1)
@@ -129,6 +121,18 @@ class Scheduler:
         if not batch.preempted and self.waiting:
             self._admit(batch, budget)
         return batch
+
+    def _make_room(self, req: EngineRequest, need: int, batch: Batch) -> bool:
+        """Preempt the most recently admitted running requests until `need` blocks are
+        free; False when `req` itself had to go (it then waits at the queue head)."""
+        running = self.running
+        while need > self.ledger.num_free_blocks:
+            victim = running.pop()
+            self._preempt(victim)
+            batch.preempted.append(victim)
+            if victim is req:
+                return False
+        return True
 
     def _admit(self, batch: Batch, budget: int) -> int:
         config = self.config
@@ -142,13 +146,15 @@ class Scheduler:
             num_tokens = req.num_tokens
             hits = 0
             hit_free_blocks = 0
-            if caching:
-                units = req.unit_hashes
-                ends = req.unit_end_tokens
-                entries = ledger.units
+            units = req.unit_hashes
+            if caching and units:
                 # vLLM recomputes at least the last token, so a hit stops before it
-                while hits < len(units) and ends[hits] < num_tokens and units[hits] in entries:
-                    entry = entries[units[hits]]
+                last_unit = bisect_left(req.unit_end_tokens, num_tokens)
+                get_entry = ledger.units.get
+                while hits < last_unit:
+                    entry = get_entry(units[hits])
+                    if entry is None:
+                        break
                     if entry < ONE_REF:  # free cached blocks the hit takes off the queue
                         hit_free_blocks += entry
                     hits += 1
@@ -181,6 +187,7 @@ class Scheduler:
             req.plain_blocks = need
             req.held_blocks = hit_blocks + need
             req.next_unit = hits
+            req.next_unit_end_tokens = req.unit_end(hits)
             req.num_computed_tokens = cached_tokens
             req.status = RUNNING
             if req.num_cached_tokens < 0:
@@ -228,6 +235,7 @@ class Scheduler:
         req.plain_blocks = 0
         req.held_blocks = 0
         req.next_unit = 0
+        req.next_unit_end_tokens = req.unit_end(0)
         req.num_computed_tokens = 0
         req.num_preemptions += 1
         req.status = WAITING
@@ -256,11 +264,9 @@ class Scheduler:
                 prompt_computed += num_new
             computed = computed_before + num_new
             req.num_computed_tokens = computed
-            if caching:
+            if caching and computed >= req.next_unit_end_tokens:
                 k = req.next_unit
-                ends = req.unit_end_tokens
-                if k < len(ends) and ends[k] <= computed:
-                    self._register_units(req, k, bisect_right(ends, computed, k))
+                self._register_units(req, k, bisect_right(req.unit_end_tokens, computed, k))
             if computed == num_tokens:
                 emitted += 1
                 req.num_emitted_tokens = emitted
@@ -290,6 +296,7 @@ class Scheduler:
         entries = self.ledger.units
         new_units = req.unit_hashes[k:k_end]
         req.next_unit = k_end
+        req.next_unit_end_tokens = req.unit_end(k_end)
         if req.units_distinct and entries.keys().isdisjoint(new_units):
             entries.update(zip(new_units, req.unit_entries[k:k_end], strict=True))
             req.held_units += new_units
