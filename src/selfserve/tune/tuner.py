@@ -479,16 +479,17 @@ class _SearchState:
     def finalise_reserve_s(self) -> float:
         """Seconds to keep for the exact re-scoring of the shortlist on the training window.
 
-        Estimated from what the exact anchor evaluations cost on the search window, scaled by
-        the training window's size, in waves of one job per worker (plus the best anchor's
-        own re-score when the search window is a part of the training window).
+        Estimated from what the best anchor's exact evaluation cost on the search window
+        (the shortlist is re-scored with the same plan near the same rates), scaled by the
+        training window's size, in waves of one job per worker (plus the best anchor's own
+        re-score when the search window is a part of the training window).
         """
-        exact = [e.wall_s for e in self.anchor_train.values() if e.is_exact and e.error is None]
-        if not exact:
+        best = self.anchor_train.get(self.best_anchor)
+        if best is None or best.error is not None:
             return 0.0
         jobs = self.config.shortlist + (0 if self.search_is_train else 1)
         waves = math.ceil(jobs / max(1, self.evaluator.workers))
-        self.reserve_s = 1.2 * waves * max(exact) * self.train_per_search
+        self.reserve_s = waves * best.wall_s * self.train_per_search
         self._emit("search", f"keeping {self.reserve_s:.0f} s for the final re-scoring")
         return self.reserve_s
 
