@@ -98,17 +98,11 @@ class SGLangCacheAwarePolicy(AnchorPolicy):
         self, hashes: tuple[int, ...], cands: tuple[int, ...]
     ) -> tuple[int | None, int]:
         held = self._tree.held
-        last_holders: list[int] = []
-        depth = 0
-        for h in hashes:
-            holders = [i for i in cands if h in held[i]]
-            if not holders:
-                break
-            last_holders = holders
-            depth += 1
-        if not last_holders:
+        depth = self._tree.run_length(hashes, cands)
+        if not depth:
             return None, 0
         h = hashes[depth - 1]
+        last_holders = [i for i in cands if h in held[i]]
         tenant = max(last_holders, key=lambda i: held[i][h])
         return tenant, depth
 

@@ -15,6 +15,8 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import contains
 
 
 @dataclass(slots=True)
@@ -60,19 +62,25 @@ class BlockLRUIndex:
             n += 1
         return n
 
+    def run_length(self, hashes: Sequence[int], replicas: Sequence[int]) -> int:
+        """How many leading `hashes` each have at least one holder among `replicas`."""
+        helds = [self.held[r] for r in replicas]
+        n = 0
+        for h in hashes:
+            # any holder, probed in C (this runs per hash per decision)
+            if not any(map(contains, helds, repeat(h))):
+                break
+            n += 1
+        return n
+
     def run_match(self, hashes: Sequence[int], replicas: Sequence[int]) -> list[int]:
         """llm-d's walk: follow `hashes` until one is held by none of `replicas`; per
         replica, count the hashes of that run it holds (not its own contiguous prefix)."""
         counts = [0] * self.num_replicas
-        helds = [(r, self.held[r]) for r in replicas]
-        for h in hashes:
-            any_holder = False
-            for r, od in helds:
-                if h in od:
-                    counts[r] += 1
-                    any_holder = True
-            if not any_holder:
-                break
+        run = hashes[: self.run_length(hashes, replicas)]
+        if run:
+            for r in replicas:
+                counts[r] = sum(map(self.held[r].__contains__, run))
         return counts
 
     def size_blocks(self, replica: int) -> int:

@@ -129,6 +129,7 @@ class Router:
         """Set the policy, read its `replica_fields` and forget views built for another."""
         self._policy = policy
         self._plan = ReadPlan.of(policy)
+        self._static_plan = self._plan.is_static
         n = len(self.replicas)
         self._view_keys: list[tuple | None] = [None] * n
         self._views: list[ReplicaView | None] = [None] * n
@@ -168,7 +169,8 @@ class Router:
             )
         plan = self._plan
         hit = view.prefix_hit_tokens if plan.prefix else self._prefix_hit_on(choice, request)
-        hit += view.media_hit_tokens if plan.media else self._media_hit_on(choice, request)
+        if request.media_hashes:
+            hit += view.media_hit_tokens if plan.media else self._media_hit_on(choice, request)
         self._record_dispatch(request, now_s, choice, hit)
         policy.on_route(snapshot, choice)
         return choice
@@ -248,7 +250,12 @@ class Router:
         index = self._index
         if index is None or not request.block_hashes:
             return 0
-        n = index.contiguous_match(replica, request.block_hashes)
+        held = index.held[replica]
+        n = 0
+        for h in request.block_hashes:  # `contiguous_match`, inlined (once per decision)
+            if h not in held:
+                break
+            n += 1
         return min(request.prompt_tokens, n * request.block_size)
 
     def _media_hit_tokens(self, request: RequestView) -> list[int]:
@@ -292,7 +299,7 @@ class Router:
         inputs are unchanged."""
         health = self._all_healthy if healthy is None else tuple(map(bool, healthy))
         plan = self._plan
-        if plan.is_static:
+        if self._static_plan:
             if health != self._static_health:
                 self._fill_views(plan, request, now_s, metrics, health, self._views, None)
                 self._view_tuple = tuple(self._views)
@@ -433,8 +440,13 @@ class Router:
         book.queued_prefill_tokens += flight.uncached_prompt_tokens
         # Keep the rate windows bounded whatever the policy reads (a snapshot prunes them
         # again at its own time; pruning earlier entries first changes no value it reads).
-        book.prune(now_s - self.window_s)
-        book.dispatch_times_s.append(now_s)
+        cutoff_s = now_s - self.window_s
+        dispatches = book.dispatch_times_s
+        if (dispatches and dispatches[0] < cutoff_s) or (
+            book.completions and book.completions[0][0] < cutoff_s
+        ):
+            book.prune(cutoff_s)
+        dispatches.append(now_s)
         book.version += 1
         if self._index is not None and request.block_hashes:
             self._index.insert(choice, request.block_hashes, now_s)
