@@ -34,6 +34,11 @@ class ReadTimeout(ConnectionFailed):
     """No byte from the backend for `read_timeout_s` (not the request's overall timeout)."""
 
 
+_FRAMING_NAME_LENGTHS = frozenset(
+    (len(b"content-type"), len(b"content-length"), len(b"transfer-encoding"))
+)
+
+
 class ClientConnection(asyncio.Protocol):
     """One keep-alive connection to a backend, carrying one request/response at a time."""
 
@@ -93,6 +98,9 @@ class ClientConnection(asyncio.Protocol):
 
     # ---- httptools callbacks -----------------------------------------------------------
     def on_header(self, name: bytes, value: bytes) -> None:
+        # only three names matter (12, 14 and 17 letters): skip the rest without lower()
+        if len(name) not in _FRAMING_NAME_LENGTHS:
+            return
         lower = name.lower()
         if lower == b"content-type":
             self.content_type = value
@@ -113,7 +121,8 @@ class ClientConnection(asyncio.Protocol):
             self._sink(body)
         else:
             self._body.append(body)
-            self._wake()
+            if self._waiter is not None:
+                self._wake()
 
     def on_message_complete(self) -> None:
         if self.is_complete:

@@ -42,6 +42,8 @@ _REASONS = {
 }
 # pipelined requests parsed ahead of the one being served; beyond this, stop reading
 _MAX_QUEUED_REQUESTS = 8
+# response heads remembered by (status, headers, keep-alive); a bound, as headers can vary
+_MAX_CACHED_HEADS = 256
 
 
 def _status_line(status: int) -> bytes:
@@ -236,11 +238,18 @@ class HttpServerProtocol(asyncio.Protocol):
 
     # ---- writing ------------------------------------------------------------------------
     def _head(self, status: int, headers: tuple[tuple[bytes, bytes], ...]) -> bytes:
-        parts = [_status_line(status)]
-        parts.extend(name + b": " + value + b"\r\n" for name, value in headers)
-        if not self._keep_alive:
-            parts.append(b"Connection: close\r\n")
-        return b"".join(parts)
+        # the same few heads repeat (200 + SSE headers above all): build each once
+        key = (status, headers, self._keep_alive)
+        head = self.server.heads.get(key)
+        if head is None:
+            parts = [_status_line(status)]
+            parts.extend(name + b": " + value + b"\r\n" for name, value in headers)
+            if not self._keep_alive:
+                parts.append(b"Connection: close\r\n")
+            head = b"".join(parts)
+            if len(self.server.heads) < _MAX_CACHED_HEADS:
+                self.server.heads[key] = head
+        return head
 
     def reply(self, reply: Reply) -> None:
         """Write a whole response in one system call."""
@@ -308,6 +317,7 @@ class HttpServer:
         self.handler = handler
         self.max_body_bytes = max_body_bytes
         self.connections: set[HttpServerProtocol] = set()
+        self.heads: dict[tuple, bytes] = {}
         self.is_closing = False
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None

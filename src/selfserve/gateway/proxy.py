@@ -68,13 +68,18 @@ class CompletionProxy:
         self._ids = count()
         self.num_in_flight = 0
         self.draining = False
+        # bound on the first request (the proxy may be built before the loop runs); in
+        # Python 3.11 every asyncio.get_running_loop() costs a getpid system call
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     # ---- entry ------------------------------------------------------------------------
     async def handle(
         self, request: HttpRequest, conn: HttpServerProtocol, endpoint: str
     ) -> Reply | None:
         """Serve one completion: a whole `Reply`, or None once it was streamed on `conn`."""
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
         arrival_mono_s = loop.time()
         arrival_unix_s = time.time()
         try:
@@ -170,6 +175,7 @@ class CompletionProxy:
                     strip_usage=not features.client_wants_usage,
                     ttft_hist=ttft_hist,
                     itl_hist=itl_hist,
+                    loop=self._loop,
                 )
                 conn.start_stream(200, _SSE_HEADERS)
                 streaming = True
@@ -226,7 +232,7 @@ class CompletionProxy:
         outcome: Outcome,
         arm: Arm,
     ) -> tuple[str, UpstreamResponse, tuple[list[bytes], bytes]]:
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         serving = set(self.pool.serving(features.model))
         tried: set[int] = set()
         last_reason = ""
@@ -323,7 +329,7 @@ class CompletionProxy:
 
     async def _whole(self, upstream: UpstreamResponse, outcome: Outcome, routed_id: str) -> Reply:
         body = await upstream.read()
-        now = asyncio.get_running_loop().time()
+        now = self._loop.time()
         outcome.first_token_mono_s = outcome.last_token_mono_s = now
         self.router.on_first_token(routed_id, now)
         try:
@@ -338,8 +344,7 @@ class CompletionProxy:
 
     # ---- bookkeeping ------------------------------------------------------------------------
     def _finish(self, outcome: Outcome, routed_id: str | None, arm: Arm) -> None:
-        loop = asyncio.get_running_loop()
-        now = loop.time()
+        now = self._loop.time()
         outcome.end_mono_s = now
         ok = outcome.status == "ok"
         if routed_id is not None:

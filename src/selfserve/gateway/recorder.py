@@ -100,8 +100,9 @@ class RequestRecorder:
         self._writer = None
         self.num_written = 0
         if config.path:
-            from selfserve.workload.log import RequestLogWriter
+            from selfserve.workload.log import RequestLogRecord, RequestLogWriter
 
+            self._record = RequestLogRecord
             self._writer = RequestLogWriter(
                 config.path, rotate_bytes=config.rotate_bytes, gzip_rotated=config.gzip_rotated
             )
@@ -113,9 +114,7 @@ class RequestRecorder:
     def write(self, outcome: Outcome) -> None:
         if self._writer is None:
             return
-        from selfserve.workload.log import RequestLogRecord
-
-        record = RequestLogRecord(
+        record = self._record(
             request=outcome.to_request(),
             backend=outcome.backend,
             policy_arm=outcome.arm,

@@ -66,6 +66,7 @@ class SseRelay:
         strip_usage: bool,
         ttft_hist,
         itl_hist,
+        loop: asyncio.AbstractEventLoop,
     ) -> None:
         self.client = client
         self.upstream = upstream
@@ -76,7 +77,7 @@ class SseRelay:
         self.strip_usage = strip_usage
         self.ttft_hist = ttft_hist
         self.itl_hist = itl_hist
-        self.loop = asyncio.get_running_loop()
+        self.loop = loop
         self.done: asyncio.Future = self.loop.create_future()
         self._pending = b""
 
