@@ -76,11 +76,18 @@ class BlockLRUIndex:
     def run_match(self, hashes: Sequence[int], replicas: Sequence[int]) -> list[int]:
         """llm-d's walk: follow `hashes` until one is held by none of `replicas`; per
         replica, count the hashes of that run it holds (not its own contiguous prefix)."""
+        # One pass probing every replica per hash: runs are short (a shared first block,
+        # then a conversation's own blocks), where this beats `run_length` + per-replica sums.
         counts = [0] * self.num_replicas
-        run = hashes[: self.run_length(hashes, replicas)]
-        if run:
-            for r in replicas:
-                counts[r] = sum(map(self.held[r].__contains__, run))
+        helds = [(r, self.held[r]) for r in replicas]
+        for h in hashes:
+            any_holder = False
+            for r, od in helds:
+                if h in od:
+                    counts[r] += 1
+                    any_holder = True
+            if not any_holder:
+                break
         return counts
 
     def size_blocks(self, replica: int) -> int:
