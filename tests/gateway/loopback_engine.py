@@ -21,6 +21,7 @@ from aiohttp import web
 class LoopbackEngine:
     model: str = "m"
     tokens: int = 5
+    content: str = "x"  # each streamed chunk's text
     delay_s: float = 0.002
     fail_before: bool = False
     die_after: int | None = None
@@ -126,9 +127,9 @@ class LoopbackEngine:
                     request.transport.close()
                     return resp
                 if chat:
-                    choice = {"index": 0, "delta": {"content": "x"}, "finish_reason": None}
+                    choice = {"index": 0, "delta": {"content": self.content}, "finish_reason": None}
                 else:
-                    choice = {"index": 0, "text": "x", "finish_reason": None}
+                    choice = {"index": 0, "text": self.content, "finish_reason": None}
                 chunk = {
                     "id": "c1",
                     "object": "chat.completion.chunk",

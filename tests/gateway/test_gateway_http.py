@@ -5,6 +5,7 @@ upstream pool (connection reuse, a stale keep-alive connection, a stalled stream
 from __future__ import annotations
 
 import asyncio
+import socket
 
 import httptools
 import orjson
@@ -255,5 +256,39 @@ def test_health_and_metrics_are_served_on_the_same_port():
         assert s1 == 200 and orjson.loads(health)["status"] == "ok", url
         assert s2 == 200 and headers[b"content-type"].startswith(b"text/plain")
         assert b"selfserve_gateway_in_flight_requests 0.0" in metrics
+
+    run(body())
+
+
+def test_a_slow_reader_gets_the_whole_stream_and_the_upstream_connection_is_reused_after():
+    async def body():
+        # 100 chunks of 64 KiB (more than the kernel's 4 MiB socket buffers) towards a
+        # client that reads slowly through a 4 KiB receive buffer: the gateway's write
+        # buffer fills, so it stops reading from the engine until the client catches up
+        engine = LoopbackEngine(tokens=100, content="y" * 65536, delay_s=0.0)
+        async with gateway_over([engine]) as gw:
+            sock = socket.socket()
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            sock.setblocking(False)
+            await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", gw.port))
+            reader, writer = await asyncio.open_connection(sock=sock, limit=2**20)
+            writer.write(_post(STREAM, extra="Connection: close\r\n"))
+            raw = b""
+            while chunk := await asyncio.wait_for(reader.read(65536), 5):
+                raw += chunk
+                await asyncio.sleep(0.002)
+            writer.close()
+            # the same upstream connection serves the next request: it was left reading
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write(_post(CHAT, extra="Connection: close\r\n"))
+            second = await _until_closed(reader)
+            writer.close()
+        responses = _Responses()
+        responses.parser.feed_data(raw)
+        (status, _, events), *_ = responses.done
+        assert status == 200 and events.count(b'"delta"') == 100
+        assert events.count(b"y") == 100 * 65536 and events.endswith(b"data: [DONE]\n\n")
+        assert second.startswith(b"HTTP/1.1 200 OK"), second[:300]
+        assert engine.seen == 2 and len(engine.peers) == 1
 
     run(body())

@@ -48,6 +48,7 @@ class ClientConnection(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpResponseParser(self)
         self.is_open = False
+        self.is_paused = False
         self.num_exchanges = 0
         # the current exchange
         self.status = 0
@@ -191,11 +192,14 @@ class ClientConnection(asyncio.Protocol):
             self._sink = sink
 
     def pause_reading(self) -> None:
-        if self.is_open:
+        """Stop reading (the client is slow); `resume_reading` undoes it."""
+        if self.is_open and not self.is_paused:
+            self.is_paused = True
             self.transport.pause_reading()  # type: ignore[union-attr]
 
     def resume_reading(self) -> None:
-        if self.is_open:
+        if self.is_open and self.is_paused:
+            self.is_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
 
     def release_when_complete(self) -> None:
@@ -203,6 +207,7 @@ class ClientConnection(asyncio.Protocol):
         (e.g. the chunked terminator after `[DONE]`); the read timer still bounds the wait."""
         self._sink = None
         self._body = []
+        self.resume_reading()  # paused for a slow client: the rest must still arrive
         if self.is_complete:
             self.pool.release(self)
         elif self.is_open:
@@ -362,6 +367,7 @@ class ConnectionPool:
         """The exchange completed: keep the connection for the next request if we can."""
         conn._release_on_complete = False
         conn._sink = None
+        conn.resume_reading()  # never hand out a connection that does not read
         if conn.is_open and conn.keep_alive and conn.is_complete and not self.is_closed:
             self._idle.append(conn)
             self._wake_one()
