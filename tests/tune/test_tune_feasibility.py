@@ -9,7 +9,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import pytest
 
 from selfserve.sim import SLO, simulate
-from selfserve.tune.feasibility import _with_long, class_attainment, classify
+from selfserve.tune.feasibility import _with_long, class_attainment, classify, hopeless_from
 from selfserve.tune.objective import EvalPlan, Probe, _extrapolate, evaluate
 from selfserve.tune.tuner import TuneConfig, TuneResult, _completed_by, tune
 from selfserve.tune.windows import window
@@ -120,3 +120,30 @@ def test_search_batches_stop_at_the_deadline_without_waiting_for_queued_jobs():
     assert len(done) == 1  # the running job finishes; the four queued ones are dropped
     assert elapsed < 0.9
     assert sum(f.cancelled() for f in futures) == 4
+
+
+def test_the_hopeless_size_is_where_most_longer_prompts_are_infeasible():
+    # 100 requests: everything from 9,000 tokens up is infeasible but one; from 8,900 up
+    # 10 of 12 are (>= 80%), from 8,800 up 10 of 13 are not
+    prompts = list(range(100, 10_100, 100))
+    feasible = [p < 9_000 or p == 9_500 for p in prompts]
+    assert hopeless_from(feasible, prompts) == 8_900
+    # no infeasible group: no lane
+    assert hopeless_from([True] * 100, prompts) == 0
+
+
+def test_a_lane_seed_sends_hopeless_prompts_to_the_first_replicas():
+    import random as _random
+
+    from selfserve.policy import make_policy
+    from selfserve.policy.expression import anchor_document
+    from selfserve.policy.snapshot import ClusterSnapshot, ReplicaView, RequestView
+    from selfserve.tune.search_space import candidate_from_document, with_lane
+
+    base = candidate_from_document(anchor_document("lmetric"))
+    policy = make_policy(with_lane(base, 30_000, 1.5, 1e7).document())
+    idle = tuple(ReplicaView(index=i, name=f"r{i}") for i in range(6))
+    long_prompt = ClusterSnapshot(0.0, RequestView("a", 0.0, 40_000), idle)
+    short_prompt = ClusterSnapshot(0.0, RequestView("b", 0.0, 2_000), idle)
+    assert policy.choose(long_prompt, _random.Random(0)) in (0, 1)
+    assert policy.choose(short_prompt, _random.Random(0)) >= 2

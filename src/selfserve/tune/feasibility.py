@@ -25,6 +25,7 @@ from selfserve.workload.request import Workload
 # meets an idle replica.
 IDLE_GAP_S = 1e6
 LONG_FRACTION = 0.1
+HOPELESS_SHARE = 0.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +35,9 @@ class RequestClasses:
     feasible: tuple[bool, ...]
     long: tuple[bool, ...]  # feasible and among the longest `LONG_FRACTION` of feasible prompts
     long_threshold_tokens: int  # the shortest prompt counted as long (0 when none)
+    # Prompts at least this long are mostly (>= HOPELESS_SHARE) infeasible; 0 when there is
+    # no such group of at least 1% of the requests. The tuner seeds a lane at this size.
+    hopeless_from_tokens: int = 0
 
     @property
     def feasible_count(self) -> int:
@@ -78,7 +82,20 @@ def classify(
             if record.meets(slo):
                 feasible[position] = True
     prompts = [workload.requests[k].total_prompt_tokens for k in order]
-    return _with_long(feasible, prompts, long_fraction)
+    classes = _with_long(feasible, prompts, long_fraction)
+    return dataclasses.replace(classes, hopeless_from_tokens=hopeless_from(feasible, prompts))
+
+
+def hopeless_from(feasible: list[bool], prompts: list[int]) -> int:
+    """The smallest prompt size above which >= HOPELESS_SHARE of the requests are infeasible
+    (over a group of at least 1% of the requests), or 0."""
+    ranked = sorted(zip(prompts, feasible, strict=True), key=lambda pair: -pair[0])
+    infeasible, found = 0, 0
+    for position, (tokens, ok) in enumerate(ranked, start=1):
+        infeasible += not ok
+        if infeasible >= HOPELESS_SHARE * position:
+            found = tokens if position >= 0.01 * len(ranked) else found
+    return found
 
 
 def _with_long(feasible: list[bool], prompts: list[int], long_fraction: float) -> RequestClasses:

@@ -209,6 +209,16 @@ def lane_term(rng: random.Random) -> Expr:
     )
 
 
+def with_lane(base: Candidate, threshold_tokens: int, lanes: float, weight: float) -> Candidate:
+    """`base` plus a lane that keeps prompts over `threshold_tokens` on replicas with
+    index < `lanes` and the rest off them (a seed: CMA-ES then tunes all three numbers)."""
+    lane = parse_expression(
+        f"{weight:g} * (if total_prompt_tokens > {threshold_tokens} then index > {lanes} "
+        f"else index < {lanes})"
+    )
+    return Candidate(simplify(Binary("+", base.tree, lane)), base.tie_break, "seed:lane")
+
+
 def mutate(parent: Candidate, rng: random.Random) -> Candidate | None:
     """One random edit of `parent`; None when the edit broke the language's limits."""
     tree = parent.tree

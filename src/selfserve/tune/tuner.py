@@ -26,6 +26,7 @@ from typing import Any
 
 from selfserve.policy import list_anchors
 from selfserve.policy.expression import EXPRESSION_ANCHORS, anchor_document
+from selfserve.sim import ClusterSpec
 from selfserve.tune.cmaes import ConstantTuner
 from selfserve.tune.feasibility import RequestClasses, classify
 from selfserve.tune.objective import FEASIBLE_OBJECTIVES, OBJECTIVES, EvalPlan, Evaluation
@@ -36,6 +37,7 @@ from selfserve.tune.search_space import (
     Population,
     candidate_from_document,
     simplified,
+    with_lane,
 )
 from selfserve.tune.stats import Gain, bootstrap_ratio
 from selfserve.tune.windows import cut, fingerprint, sub_windows
@@ -208,6 +210,8 @@ def tune(
         started=started,
         search_is_train=search is train,
         train_per_search=len(train) / max(1, len(search)),
+        hopeless_from_tokens=classes["train"].hopeless_from_tokens,
+        num_replicas=ClusterSpec.parse(cluster).num_replicas,
     )
     interrupted = False
     try:
@@ -348,6 +352,8 @@ class _SearchState:
     rounds: int = 0
     search_is_train: bool = True
     train_per_search: float = 1.0  # requests in the training window per search-window request
+    hopeless_from_tokens: int = 0  # see feasibility.RequestClasses (training window)
+    num_replicas: int = 0
     long_floor: float = 0.0
     reserve_s: float = 0.0
 
@@ -401,7 +407,23 @@ class _SearchState:
         ]
         seeds.append(candidate_from_document({"score": LINEAR_SEED}, origin="seed:linear"))
         seeds.append(candidate_from_document({"score": WORK_SEED}, origin="seed:work"))
+        seeds.extend(self._lane_seeds(seeds))
         self._evaluate_batch(seeds)
+
+    def _lane_seeds(self, seeds: list[Candidate]) -> list[Candidate]:
+        """Where long prompts are mostly hopeless (miss the SLO even on an idle replica),
+        seed a lane that keeps them on a third of the replicas, away from the requests
+        that can still make it; on the lmetric restatement and on the linear blend."""
+        threshold = self.hopeless_from_tokens
+        if threshold <= 0 or self.num_replicas < 3:
+            return []
+        lanes = max(1, self.num_replicas // 3) - 0.5
+        bases = {c.origin: c for c in seeds}
+        out = []
+        for origin, weight in (("seed:lmetric", 1e7), ("seed:linear", 1e4)):
+            if origin in bases:
+                out.append(with_lane(bases[origin], threshold, lanes, weight))
+        return out
 
     def _run_anchor_jobs(self, plans: dict[str, EvalPlan]) -> None:
         futures = {
