@@ -20,7 +20,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, as_completed, wait
+from concurrent.futures import Future, as_completed
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -39,7 +39,9 @@ from selfserve.tune.search_space import (
     simplified,
     with_lane,
 )
-from selfserve.tune.stats import Gain, bootstrap_ratio
+from selfserve.tune.stats import Gain
+from selfserve.tune.validation import WINNER, Validation
+from selfserve.tune.validation import gains as compute_gains
 from selfserve.tune.windows import cut, fingerprint, sub_windows
 
 # A seed no anchor spells out: a linear blend of load, prefill backlog, decode load and
@@ -146,7 +148,7 @@ class TuneResult:
     long_floor: float = 0.0  # the guard used in search (0: none)
     finalise_reserve_s: float = 0.0  # budget kept back for re-scoring the shortlist
 
-    WINNER = "learned"
+    WINNER = WINNER
 
 
 ProgressFn = Callable[[dict[str, Any]], None]
@@ -235,8 +237,15 @@ def tune(
         curves: dict[str, list[tuple[float, float]]] = {}
         gains: dict[str, Gain] = {}
         try:
-            validation, sub_scores, curves = state.validate(winner_doc, anchors, len(pieces))
-            gains = _gains(validation, sub_scores, anchors, config)
+            validation, sub_scores, curves = Validation(
+                evaluator,
+                config,
+                {**state.anchor_train, **state.train_exact},
+                [e.capacity for e in state.anchor_train.values() if e.capacity],
+                state.best_anchor,
+                state._emit,
+            ).run(winner_doc, anchors, len(pieces))
+            gains = compute_gains(validation, sub_scores, anchors, config)
             validated = True
         except KeyboardInterrupt:
             interrupted = True
@@ -299,35 +308,6 @@ def _event(phase: str, message: str, started: float) -> dict[str, Any]:
         "best_anchor": "",
         "best_anchor_score": None,
     }
-
-
-def _gains(validation, sub_scores, anchors, config) -> dict[str, Gain]:
-    winner = validation.get(TuneResult.WINNER)
-    out: dict[str, Gain] = {}
-    if winner is None:
-        return out
-    for name in anchors:
-        base = validation.get(name)
-        if base is None:
-            continue
-        point = _ratio(winner.score, base.score, config.objective)
-        mine, theirs = sub_scores.get(TuneResult.WINNER, []), sub_scores.get(name, [])
-        if len(mine) != len(theirs):  # no sub-windows for this anchor: a point estimate only
-            mine, theirs = [], []
-        if config.objective == "cost":  # lower cost is better: the gain is their cost / ours
-            mine, theirs = [-x for x in theirs], [-x for x in mine]
-        out[name] = bootstrap_ratio(mine, theirs, point=point, seed=config.seed)
-    return out
-
-
-def _finite(value: float) -> float:
-    return value if math.isfinite(value) else -math.inf
-
-
-def _ratio(mine: float, theirs: float, objective: str) -> float:
-    if objective == "cost":
-        return (-theirs) / (-mine) if mine < 0 else math.nan
-    return mine / theirs if theirs > 0 else math.nan
 
 
 @dataclass(slots=True)
@@ -631,111 +611,6 @@ class _SearchState:
                 self.train_exact.get(name) or self.anchor_train[name]
             )
         return {"kind": "anchor", "name": name}, f"anchor {name}", True
-
-    # ---- phase 4: validation on the later window -------------------------------
-    def validate(
-        self, winner_doc: dict[str, Any], anchors: Sequence[str], pieces: int
-    ) -> tuple[dict[str, Evaluation], dict[str, list[float]], dict[str, list[tuple[float, float]]]]:
-        """Every policy on the whole validation window; sub-windows (for the CIs) for the
-        winner, the best training anchor and the best `ci_anchors` on validation.
-
-        Everyone is measured alike here: no guard, so the table shows what each policy does
-        to the long requests at its own capacity. A winner that is an anchor is not
-        simulated twice.
-        """
-        policies: dict[str, Any] = {name: name for name in anchors}
-        alias = winner_doc.get("name") if winner_doc.get("kind") == "anchor" else None
-        if alias not in policies:
-            alias = None
-            policies = {TuneResult.WINNER: winner_doc, **policies}
-        reference = max((e.capacity for e in self.anchor_train.values() if e.capacity), default=1.0)
-
-        def plans(label: str) -> tuple[EvalPlan, EvalPlan]:
-            known = self.train_exact.get(label) or self.anchor_train.get(label)
-            start = known.capacity if known is not None and known.capacity else reference
-            full_plan = EvalPlan(
-                objective=self.config.objective,
-                start_rate=start,
-                rel_tol=self.config.final_rel_tol,
-                max_sims=self.config.max_sims,
-                seed=self.config.seed,
-            )
-            return full_plan, replace(full_plan, rel_tol=self.config.search_rel_tol)
-
-        jobs: dict[Future, tuple[str, str]] = {}
-
-        def submit_pieces(label: str) -> None:
-            _, piece_plan = plans(label)
-            for k in range(pieces):
-                key = f"validate#{k}"
-                jobs[self.evaluator.submit(key, policies[label], piece_plan)] = (label, key)
-
-        for label, spec in policies.items():
-            jobs[self.evaluator.submit("validate", spec, plans(label)[0])] = (label, "validate")
-        with_pieces = {alias or TuneResult.WINNER, self.best_anchor} & set(policies)
-        for label in with_pieces:
-            submit_pieces(label)
-        self._emit("validate", f"validating {len(policies)} policies on the later window")
-        full: dict[str, Evaluation] = {}
-        parts: dict[str, dict[int, float]] = {label: {} for label in policies}
-        pending = set(jobs)
-        ranked_done = self.config.ci_anchors <= 0
-        while pending:
-            finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-            for future in finished:
-                label, key = jobs[future]
-                evaluation = future.result()
-                if key == "validate":
-                    full[label] = evaluation
-                else:
-                    parts[label][int(key.split("#")[1])] = evaluation.score
-            self._emit("validate", f"{len(jobs) - len(pending)}/{len(jobs)} validation jobs")
-            if not ranked_done and len(full) == len(policies):
-                ranked_done = True
-                ranked = sorted(
-                    (n for n in anchors if n in full), key=lambda n: -_finite(full[n].score)
-                )
-                before = set(jobs)
-                for label in ranked[: self.config.ci_anchors]:
-                    if label not in with_pieces:
-                        with_pieces.add(label)
-                        submit_pieces(label)
-                pending |= set(jobs) - before
-        if alias is not None:
-            full[TuneResult.WINNER] = full[alias]
-            parts[TuneResult.WINNER] = parts[alias]
-        curves = self._curves(policies, full)
-        sub_scores = {
-            label: [values[k] for k in sorted(values)] for label, values in parts.items() if values
-        }
-        return full, sub_scores, curves
-
-    def _curves(self, policies, full) -> dict[str, list[tuple[float, float]]]:
-        """Attainment vs rate on a shared grid around the validated capacities."""
-        curves = {label: list(e.attainment_curve) for label, e in full.items()}
-        if self.config.curve_points <= 0 or self.config.objective == "goodput":
-            return curves
-        capacities = [e.capacity for e in full.values() if e.capacity]
-        if not capacities:
-            return curves
-        top = max(capacities)
-        points = self.config.curve_points
-        grid = [top * (0.5 + 0.8 * k / max(1, points - 1)) for k in range(points)]
-        jobs: dict[Future, str] = {}
-        for label, spec in policies.items():
-            for rate in grid:
-                plan = EvalPlan(
-                    objective="capacity",
-                    start_rate=rate,
-                    rel_tol=10.0,
-                    max_sims=1,
-                    seed=self.config.seed,
-                )
-                jobs[self.evaluator.submit("validate", spec, plan)] = label
-        for future in as_completed(jobs):
-            evaluation = future.result()
-            curves[jobs[future]].extend((p.rate, p.attainment) for p in evaluation.probes)
-        return {label: sorted(set(points_)) for label, points_ in curves.items()}
 
     def _emit(self, phase: str, message: str) -> None:
         best = self.best
