@@ -15,6 +15,7 @@ image after the same prefix hits the cache (its content hash is part of the chai
 from __future__ import annotations
 
 from bisect import bisect_right
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from selfserve.engine.blocks import ONE_REF, hash_units
@@ -54,12 +55,13 @@ class EngineRequest:
     num_preemptions: int = 0
     first_token_s: float = -1.0
     finish_s: float = -1.0
-    # prefix-cache layout, filled by `prepare`
-    unit_hashes: list[int] = field(default_factory=list)
-    unit_end_tokens: list[int] = field(default_factory=list)
-    unit_end_blocks: list[int] = field(default_factory=list)
+    # prefix-cache layout, set by `prepare` (empty tuples until then: no list to build
+    # for each of the simulator's requests only to be replaced)
+    unit_hashes: Sequence[int] = ()
+    unit_end_tokens: Sequence[int] = ()
+    unit_end_blocks: Sequence[int] = ()
     # per unit: its ledger entry once registered (one reference + its blocks)
-    unit_entries: list[int] = field(default_factory=list)
+    unit_entries: Sequence[int] = ()
     units_distinct: bool = True  # no hash repeats among the units (bulk-registration guard)
     # KV held: cached units (hits and registered) + private ("plain") blocks
     held_units: list[int] = field(default_factory=list)
@@ -93,15 +95,17 @@ class EngineRequest:
         """Build the unit layout for an engine with `block_size`-token blocks."""
         self.prompt_total = self.prompt_tokens + self.media_tokens
         if not self.block_hashes and not self.media_hashes:
-            self.unit_hashes, self.unit_end_tokens, self.unit_end_blocks = [], [], []
-            self.unit_entries = []
+            self.unit_hashes = self.unit_end_tokens = self.unit_end_blocks = ()
+            self.unit_entries = ()
             self.units_end_tokens = self.units_end_blocks = 0
             self.units_distinct = True
             self.next_unit_end_tokens = NO_UNIT
             return
-        units, unit_tokens = hash_units(
-            self.block_hashes, self.hash_block_tokens or block_size, block_size
-        )
+        hash_block_tokens = self.hash_block_tokens or block_size
+        if hash_block_tokens > 0 and hash_block_tokens % block_size == 0:  # as `hash_units`
+            units, unit_tokens = self.block_hashes, hash_block_tokens
+        else:
+            units, unit_tokens = hash_units(self.block_hashes, hash_block_tokens, block_size)
         n_text = min(len(units), self.prompt_tokens // unit_tokens) if unit_tokens else 0
         blocks_per_unit = unit_tokens // block_size if unit_tokens else 0
         # ranges and repeats build these lists in C: a request has tens of units
