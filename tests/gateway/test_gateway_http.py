@@ -292,3 +292,18 @@ def test_a_slow_reader_gets_the_whole_stream_and_the_upstream_connection_is_reus
         assert engine.seen == 2 and len(engine.peers) == 1
 
     run(body())
+
+
+def test_an_idle_keep_alive_client_connection_is_closed_after_the_idle_timeout():
+    async def body():
+        async with gateway_over([LoopbackEngine()], limits={"client_idle_timeout_s": 0.2}) as gw:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write(_post(CHAT))  # keep-alive: the server keeps the connection open
+            started = asyncio.get_running_loop().time()
+            raw = await _until_closed(reader)  # ... until it has been idle for 0.2 s
+            closed_after_s = asyncio.get_running_loop().time() - started
+            writer.close()
+        assert raw.startswith(b"HTTP/1.1 200 OK") and b"Connection: close" not in raw
+        assert 0.2 <= closed_after_s < 2.0
+
+    run(body())

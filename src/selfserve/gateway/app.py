@@ -106,7 +106,11 @@ class Gateway:
             )
         # a client that disconnects cancels its request's task, whose cleanup closes the
         # upstream connection so the engine stops generating
-        self._server = HttpServer(self._dispatch, max_body_bytes=self.config.limits.max_body_bytes)
+        self._server = HttpServer(
+            self._dispatch,
+            max_body_bytes=self.config.limits.max_body_bytes,
+            idle_timeout_s=self.config.limits.client_idle_timeout_s,
+        )
         self.port = await self._server.listen(self.config.host, self.config.port)
         if self.recorder.enabled:
             self._flusher = asyncio.create_task(self._flush_log(), name="log-flush")

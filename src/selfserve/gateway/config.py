@@ -77,6 +77,7 @@ class LimitsConfig:
     first_byte_timeout_s: float = 120.0
     max_retries: int = 2  # extra backends tried when one fails before its first byte
     max_connections_per_backend: int = 1024
+    client_idle_timeout_s: float = 75.0  # a keep-alive client connection idle this long is closed
 
 
 @dataclass(frozen=True, slots=True)
@@ -364,6 +365,7 @@ def parse_gateway_config(
             "first_byte_timeout_s",
             "max_retries",
             "max_connections_per_backend",
+            "client_idle_timeout_s",
         },
         f"{w}limits.",
     )
@@ -379,6 +381,9 @@ def parse_gateway_config(
         max_retries=_number(lim, "max_retries", 2, f"{w}limits.", integer=True),
         max_connections_per_backend=_number(
             lim, "max_connections_per_backend", 1024, f"{w}limits.", minimum=1, integer=True
+        ),
+        client_idle_timeout_s=_number(
+            lim, "client_idle_timeout_s", 75.0, f"{w}limits.", minimum=0.001
         ),
     )
     policy = doc.get("policy", "least-loaded")

@@ -7,7 +7,8 @@ whole `Reply` (head and body in one system call) or a chunked stream whose head 
 with the first chunk (`start_stream` / `write_chunk` / `end_stream`). Keep-alive and
 pipelined requests are served in order; `Expect: 100-continue` is honoured; a body over
 `max_body_bytes` is not buffered (the handler sees `body_too_large`) and the connection is
-closed after the answer. A client that disconnects cancels its request's task, which is how
+closed after the answer; a connection with no request in progress and no byte received for
+`idle_timeout_s` is closed by a sweep every few seconds (no timer per request). A client that disconnects cancels its request's task, which is how
 the gateway aborts the engine's work. While a client is slow to read, `on_pause_writing` /
 `on_resume_writing` hooks let the streamer stop reading from the engine.
 """
@@ -86,6 +87,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.parser = httptools.HttpRequestParser(self)
         self.is_closed = False
+        self.last_read_s = server.loop.time()
         self.on_pause_writing: Callable[[], None] | None = None
         self.on_resume_writing: Callable[[], None] | None = None
         self._queue: deque[tuple[HttpRequest, bool]] = deque()
@@ -108,6 +110,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self.server.connections.add(self)
 
     def data_received(self, data: bytes) -> None:
+        self.last_read_s = self.server.loop.time()
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -313,26 +316,43 @@ class HttpServerProtocol(asyncio.Protocol):
 class HttpServer:
     """Listens on one address and serves every connection with `handler`."""
 
-    def __init__(self, handler: Handler, *, max_body_bytes: int) -> None:
+    def __init__(
+        self, handler: Handler, *, max_body_bytes: int, idle_timeout_s: float = 75.0
+    ) -> None:
         self.handler = handler
         self.max_body_bytes = max_body_bytes
+        self.idle_timeout_s = idle_timeout_s  # aiohttp's and nginx's keep-alive default
         self.connections: set[HttpServerProtocol] = set()
         self.heads: dict[tuple, bytes] = {}
         self.is_closing = False
         self.loop = asyncio.get_running_loop()
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task | None = None
 
     async def listen(self, host: str, port: int, *, backlog: int = 2048) -> int:
         """Bind and start accepting; returns the bound port (port 0 picks a free one)."""
         self._server = await self.loop.create_server(
             lambda: HttpServerProtocol(self), host, port, backlog=backlog, reuse_address=True
         )
+        self._sweeper = self.loop.create_task(self._sweep_idle())
         return self._server.sockets[0].getsockname()[1]
+
+    async def _sweep_idle(self) -> None:
+        interval_s = max(0.05, min(5.0, self.idle_timeout_s / 4))
+        while True:
+            await asyncio.sleep(interval_s)
+            cutoff_s = self.loop.time() - self.idle_timeout_s
+            for conn in list(self.connections):
+                if conn._task is None and not conn._queue and conn.last_read_s < cutoff_s:
+                    conn.close()
 
     async def close(self) -> None:
         """Stop listening and close every connection (in-flight requests are cancelled:
         drain them first)."""
         self.is_closing = True
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._server is not None:
             self._server.close()
         for conn in list(self.connections):

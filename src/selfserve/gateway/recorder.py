@@ -3,11 +3,18 @@
 A record is the request as traffic (arrival, prompt and output tokens from the engine's
 `usage`, prefix block hashes, media hashes, session) plus its outcome (backend, policy arm,
 TTFT/ITL/TPOT/E2E, status, error). Prompt and output text never reach this module.
+A rotated file is compressed on a worker thread, not in the event loop: gzipping a full
+100 MiB log inline would stall every request in flight for seconds.
 """
 
 from __future__ import annotations
 
+import gzip
+import os
+import shutil
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from types import MappingProxyType
 
 from selfserve.gateway.config import LogConfig
@@ -99,12 +106,17 @@ class RequestRecorder:
     def __init__(self, config: LogConfig) -> None:
         self._writer = None
         self.num_written = 0
+        self._gzip_rotated = config.gzip_rotated
+        self._rotations_seen = 0
+        self._compressor: ThreadPoolExecutor | None = None
+        self._compressions: list[Future] = []
         if config.path:
             from selfserve.workload.log import RequestLogRecord, RequestLogWriter
 
             self._record = RequestLogRecord
+            # the writer only renames a full file; this recorder compresses it off-loop
             self._writer = RequestLogWriter(
-                config.path, rotate_bytes=config.rotate_bytes, gzip_rotated=config.gzip_rotated
+                config.path, rotate_bytes=config.rotate_bytes, gzip_rotated=False
             )
 
     @property
@@ -128,12 +140,44 @@ class RequestRecorder:
         )
         self._writer.write(record)
         self.num_written += 1
+        if self._writer.rotations != self._rotations_seen:
+            self._rotations_seen = self._writer.rotations
+            if self._gzip_rotated:
+                self._compress_newest_rotation()
+
+    def _compress_newest_rotation(self) -> None:
+        from selfserve.workload.log import rotated_files
+
+        newest = rotated_files(self._writer.path)[-1][1]
+        if newest.name.endswith(".jsonl"):
+            if self._compressor is None:
+                self._compressor = ThreadPoolExecutor(1, thread_name_prefix="log-gzip")
+            self._compressions = [f for f in self._compressions if not f.done()]
+            self._compressions.append(self._compressor.submit(gzip_file, newest))
 
     def flush(self) -> None:
         if self._writer is not None:
             self._writer.flush()
 
     def close(self) -> None:
+        """Flush and close the log; waits for rotated files still being compressed."""
         if self._writer is not None:
             self._writer.close()
             self._writer = None
+        if self._compressor is not None:
+            self._compressor.shutdown(wait=True)
+            self._compressor = None
+            for future in self._compressions:
+                future.result()  # a failed compression is an error, not a silent loss
+            self._compressions = []
+
+
+def gzip_file(path: Path) -> Path:
+    """`X.jsonl` → `X.jsonl.gz`, through a temporary name readers do not list."""
+    partial = Path(f"{path}.gz.partial")
+    with open(path, "rb") as src, gzip.open(partial, "wb", compresslevel=6) as dst:
+        shutil.copyfileobj(src, dst, 1 << 20)
+    target = Path(f"{path}.gz")
+    os.replace(partial, target)
+    path.unlink()
+    return target
