@@ -136,6 +136,12 @@ class Router:
         self._view_tuple: tuple[ReplicaView, ...] = ()
         self._static_health: tuple[bool, ...] | None = None
 
+    @property
+    def reads_engine_metrics(self) -> bool:
+        """Whether the policy's snapshots carry scraped metrics (else `metrics` passed to
+        `route` is only checked for its length)."""
+        return self._plan.scraped or self._plan.age
+
     def route(
         self,
         request: RequestView,

@@ -36,6 +36,7 @@ ARRIVAL_PRIORITY = 0  # replica i's events use priority 1 + i
 # Built once per request per run: positional, skipping the frozen __init__'s setattr calls.
 _request_view = positional_constructor(RequestView)
 _request_record = positional_constructor(RequestRecord)
+_engine_metrics = positional_constructor(EngineMetrics)
 ProgressFn = Callable[[int, int], None]
 
 
@@ -129,11 +130,16 @@ class _Run:
 
     # ---- shared pieces ----------------------------------------------------------------
     def _scrape(self, tick_s: float) -> None:
+        """Read every replica's metrics as of `tick_s`. Skipped when the policy reads no
+        scraped feature: the reads have no side effect, and the router's snapshots for
+        such a policy never carry them."""
+        if not self.router.reads_engine_metrics:
+            return
         metrics = self.metrics
         i = 0
         for replica in self.replicas:
             sched = replica.scheduler
-            metrics[i] = EngineMetrics(
+            metrics[i] = _engine_metrics(
                 len(sched.running), len(sched.waiting), replica.kv_usage_at(tick_s), tick_s
             )
             i += 1
