@@ -2,13 +2,17 @@
 
 Run as a child process so its CPU use is not charged to the proxy under test:
     python gateway_loadgen.py --urls URL[,URL...] --mode closed --concurrency 32 --duration-s 5
-    python gateway_loadgen.py --urls URL --mode open --rate 200 --duration-s 5
+    python gateway_loadgen.py --urls URL --mode open --rate 200 --duration-s 5 \
+        [--baseline-urls TWIN1,TWIN2 --baseline-every 4]
 Prints one JSON line: completed, errors, req_per_s, e2e p50/p99 in ms, and the rate the
 requests were actually sent at (`sent_per_s`, with the p99 lag behind the schedule): on a
 busy machine an open-loop generator can fall behind its nominal rate, and then its p99 is
 not a p99 "at that rate". Latency is measured from each request's actual send; failures
 are counted, not folded into the percentiles. Several URLs are used round-robin by the
-client itself (the "direct to the engines" baseline).
+client itself (the "direct to the engines" baseline). With `--baseline-urls`, every Nth tick
+of the open loop also sends one request straight to the engines (`baseline_p50_ms`,
+`baseline_p99_ms`): a baseline taken at the same moments as the proxied requests, so
+"added latency" is not a comparison between two different minutes of a shared machine.
 """
 
 from __future__ import annotations
@@ -75,6 +79,14 @@ async def main(args: argparse.Namespace) -> dict:
             await asyncio.gather(*(worker() for _ in range(args.concurrency)))
         else:
             tasks = []
+            baseline_tasks = []
+            baseline_cycle = (
+                itertools.cycle(
+                    u.rstrip("/") + "/v1/chat/completions" for u in args.baseline_urls.split(",")
+                )
+                if args.baseline_urls
+                else None
+            )
             interval_s = 1.0 / args.rate
             n = int(args.duration_s * args.rate)
             lags: list[float] = []
@@ -85,12 +97,17 @@ async def main(args: argparse.Namespace) -> dict:
                     await asyncio.sleep(delay)
                 lags.append(max(0.0, time.perf_counter() - scheduled))
                 tasks.append(asyncio.create_task(one(session, next(cycle), body, headers)))
+                if baseline_cycle is not None and i % args.baseline_every == 0:
+                    baseline_tasks.append(
+                        asyncio.create_task(one(session, next(baseline_cycle), body, headers))
+                    )
             sent_s = time.perf_counter() - started
             for latency in await asyncio.gather(*tasks):
                 if latency is None:
                     errors += 1
                 else:
                     latencies.append(latency)
+            baseline = await asyncio.gather(*baseline_tasks)
         elapsed_s = time.perf_counter() - started
     values = np.array(latencies) * 1e3 if latencies else np.array([float("nan")])
     result = {
@@ -104,6 +121,16 @@ async def main(args: argparse.Namespace) -> dict:
         # n requests span n - 1 intervals: the rate they were really sent at
         result["sent_per_s"] = (n - 1) / sent_s if n > 1 and sent_s > 0 else float("nan")
         result["send_lag_p99_ms"] = float(np.percentile(np.array(lags) * 1e3, 99))
+        if baseline_cycle is not None:
+            done = np.array([b for b in baseline if b is not None]) * 1e3
+            result["baseline_completed"] = len(done)
+            result["baseline_errors"] = len(baseline) - len(done)
+            result["baseline_p50_ms"] = (
+                float(np.percentile(done, 50)) if len(done) else float("nan")
+            )
+            result["baseline_p99_ms"] = (
+                float(np.percentile(done, 99)) if len(done) else float("nan")
+            )
     return result
 
 
@@ -117,6 +144,8 @@ if __name__ == "__main__":
     parser.add_argument("--duration-s", type=float, default=5.0)
     parser.add_argument("--max-tokens", type=int, default=4)
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--baseline-urls", default="", help="engines for the interleaved baseline")
+    parser.add_argument("--baseline-every", type=int, default=4)
     try:
         import uvloop
 
