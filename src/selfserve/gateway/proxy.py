@@ -44,6 +44,32 @@ _SSE_HEADERS = (
 _DONE = b"data: [DONE]\n\n"
 
 
+class _Deadline:
+    """`limits.request_timeout_s` for one request: cancels its task when it passes.
+
+    What `asyncio.timeout` does, with one timer and no context-manager machinery per
+    request; `has_expired()` tells a cancellation by the deadline from any other (a client
+    that went away), exactly as `asyncio.timeout` does with `uncancel()`."""
+
+    __slots__ = ("task", "handle", "expired")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, delay_s: float) -> None:
+        self.task = asyncio.current_task()
+        self.expired = False
+        self.handle = loop.call_later(delay_s, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
+
+    def has_expired(self) -> bool:
+        """True if this deadline (and nothing else) cancelled the task."""
+        return self.expired and self.task.uncancel() == 0
+
+    def cancel(self) -> None:
+        self.handle.cancel()
+
+
 class CompletionProxy:
     """Serves `/v1/chat/completions` and `/v1/completions` for one gateway."""
 
@@ -155,8 +181,9 @@ class CompletionProxy:
         routed_id: str | None = None
         upstream: UpstreamResponse | None = None
         streaming = False
+        deadline = _Deadline(self._loop, self.config.limits.request_timeout_s)
         try:
-            async with asyncio.timeout(self.config.limits.request_timeout_s):
+            try:
                 routed_id, upstream, first = await self._open_with_retries(
                     endpoint, body_bytes, features, outcome, arm
                 )
@@ -185,6 +212,12 @@ class CompletionProxy:
                 relay.done.result()  # raises the relay's UpstreamBroken
                 upstream.finish()
                 return None
+            except asyncio.CancelledError:
+                if deadline.has_expired():
+                    raise TimeoutError from None
+                raise
+            finally:
+                deadline.cancel()
         except ApiError as exc:
             outcome.status, outcome.error, outcome.http_status = "error", exc.message, exc.status
             self.metrics.errors.labels(exc.kind).inc()
