@@ -109,7 +109,8 @@ class EngineReplica:
             req.output_tokens = 1  # vLLM always samples at least one token
         req.prepare(self.config.block_size)
         self.check_fits(req)
-        self.materialize(now_s)
+        if self._plan is not None:
+            self.materialize(now_s)
         req.status = WAITING
         sched = self.scheduler
         if not sched.running and not sched.waiting and self.clock_s < now_s:
@@ -246,6 +247,8 @@ class EngineReplica:
             return 1.0 - ledger.num_free_blocks / ledger.num_blocks  # `ledger.usage`, inlined
         if t_s > plan.last_start_s:
             used = plan.used_blocks + plan.blocks_at_end
+        elif t_s <= plan.start_s:
+            used = plan.used_blocks
         else:
             steps = plan.steps_started_before(t_s, self.perf)
             used = plan.used_blocks
