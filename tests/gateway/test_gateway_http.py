@@ -307,3 +307,30 @@ def test_an_idle_keep_alive_client_connection_is_closed_after_the_idle_timeout()
         assert 0.2 <= closed_after_s < 2.0
 
     run(body())
+
+
+def test_requests_queue_for_a_connection_when_a_backend_is_at_its_limit():
+    async def body():
+        engine = LoopbackEngine(tokens=5, delay_s=0.02)
+        async with gateway_over([engine], limits={"max_connections_per_backend": 1}) as gw:
+
+            async def stream() -> bytes:
+                reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+                writer.write(_post(STREAM, extra="Connection: close\r\n"))
+                raw = await _until_closed(reader)
+                writer.close()
+                return raw
+
+            # a client that gives up while queued must not hold the slot it was waiting for
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            first = asyncio.create_task(stream())
+            await asyncio.sleep(0.02)
+            writer.write(_post(STREAM))  # queued behind the first
+            await asyncio.sleep(0.02)
+            writer.close()
+            results = await asyncio.gather(first, stream(), stream())
+            assert gw.router.num_in_flight == 0
+        assert all(r.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n") for r in results)
+        assert len(engine.peers) == 1  # every request went over the one allowed connection
+
+    run(body())

@@ -337,6 +337,10 @@ class ConnectionPool:
             self._waiters.append(waiter)
             try:
                 await waiter
+            except BaseException:
+                if waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken, then cancelled: pass the free slot on
+                raise
             finally:
                 if waiter in self._waiters:
                     self._waiters.remove(waiter)
@@ -361,6 +365,9 @@ class ConnectionPool:
             raise ConnectionFailed(
                 f"cannot connect: {exc.__class__.__name__}: {exc.strerror or exc}"
             ) from exc
+        except BaseException:
+            conn.abort()  # cancelled while connecting: give the slot back
+            raise
         return conn
 
     def release(self, conn: ClientConnection) -> None:

@@ -255,7 +255,7 @@ class CompletionProxy:
         finally:
             if upstream is not None:
                 upstream.close()
-            self._finish(outcome, routed_id, arm)
+            self._finish(outcome, outcome.routed_id, arm)
 
     async def _open_with_retries(
         self,
@@ -300,6 +300,8 @@ class CompletionProxy:
                 index = self.router.route(view, now_s, self.pool.metrics, self.rng, allowed)
             except RoutingError as exc:
                 raise ApiError(500, f"routing failed: {exc}", kind="internal") from exc
+            # from here the Router counts it in flight until on_complete, whatever happens
+            outcome.routed_id = routed_id
             upstream = self.pool.upstreams[index]
             outcome.backend = upstream.name
             outcome.backend_index = index
@@ -316,6 +318,7 @@ class CompletionProxy:
                     response.close()
                 last_reason = f"{upstream.name}: {exc.reason}"
                 self.router.on_complete(routed_id, loop.time(), 0, ok=False)
+                outcome.routed_id = None
                 self.pool.report_failure(index, exc.reason)
                 self.metrics.backend_healthy.labels(upstream.name).set(
                     1 if self.pool.healthy[index] else 0
@@ -324,6 +327,10 @@ class CompletionProxy:
                 if attempt < limits.max_retries:
                     outcome.retries += 1
                     self.metrics.retries.labels(upstream.name).inc()
+            except BaseException:
+                if response is not None:
+                    response.close()  # cancelled (client gone, deadline): stop the engine
+                raise
         if last_reason:
             raise ApiError(
                 502,

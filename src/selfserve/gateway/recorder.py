@@ -37,6 +37,7 @@ class Outcome:
     session_id: str | None = None
     backend: str = ""
     backend_index: int = -1
+    routed_id: str | None = None  # the attempt the Router counts in flight, if any
     arm: str = ""
     status: str = "ok"
     error: str = ""
