@@ -210,10 +210,15 @@ class _Run:
         route = self._route
         tell = self._tell_progress if self.progress is not None else None
         last_tick = -math.inf
+        # Replicas stop at a scrape tick only to be read there. `advance_to` runs whole
+        # steps (a lazy decode plan is never split by it), so stopping at the tick first
+        # changes nothing that happens by the arrival; a policy that reads no scraped
+        # feature skips the ticks.
+        scrapes = self.router.reads_engine_metrics
         for k in range(len(self.requests)):
             a = arrivals[k]
             tick = floor(a / interval) * interval if interval > 0 else a  # as `_tick_of`
-            if tick != last_tick:
+            if scrapes and tick != last_tick:
                 for replica in replicas:
                     if replica.next_change_s < tick:
                         replica.advance_to(tick)
