@@ -252,7 +252,7 @@ class _Run:
         if not pending:
             return
         if len(pending) > 1:
-            pending.sort(key=lambda e: (e[0], e[1], e[2]))
+            pending.sort()  # by (time, replica, position): unique, so never compares the rest
         router = self.router
         on_first_token = router.on_first_token
         on_complete = router.on_complete
