@@ -235,8 +235,10 @@ class ClientConnection(asyncio.Protocol):
 
     def _wake(self) -> None:
         waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        if waiter is not None:
+            self._waiter = None  # one wake-up per wait: later pieces skip the check
+            if not waiter.done():
+                waiter.set_result(None)
 
     def _fail(self, error: ConnectionFailed) -> None:
         if self.is_complete:
