@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from selfserve.policy import list_anchors, make_policy
+from selfserve.policy.expression import EXPRESSION_ANCHORS, anchor_document
 from selfserve.policy.router import Router
 from selfserve.policy.snapshot import EngineMetrics, ReplicaInfo, ReplicaView, RequestView
 from selfserve.policy.views import (
@@ -98,13 +99,35 @@ def _replay(policy, ops) -> tuple[list[int], list]:
     return choices, list(router.snapshot(probe, now, metrics).replicas)
 
 
+# Expression policies declare what their score and tie-breaks name, aggregates included.
+EXPRESSIONS = [anchor_document(name) for name in EXPRESSION_ANCHORS] + [
+    {
+        "kind": "expression",
+        "score": "cluster_max_in_flight_requests - in_flight_requests"
+        " + recent_requests_per_s * 0.5 - min(metrics_age_s, 3) + recent_ttft_s",
+        "direction": "max",
+        "tie_break": ["most-prefix-hit", "least-queued-prefill", "random"],
+    },
+    {"kind": "expression", "score": "media_hit_tokens + cluster_mean_num_requests_running"},
+    {"kind": "expression", "score": "in_flight_requests", "tie_break": ["most-prefix-hit"]},
+]
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.lists(_op, min_size=1, max_size=60))
 def test_every_anchor_decides_the_same_on_declared_and_full_snapshots(ops):
-    for name in list_anchors():
-        declared = make_policy(name)
-        assert getattr(declared, "replica_fields", None) is not None, name
-        assert _replay(declared, ops) == _replay(_AllFields(make_policy(name)), ops), name
+    for spec in [*list_anchors(), *EXPRESSIONS]:
+        declared = make_policy(spec)
+        assert getattr(declared, "replica_fields", None) is not None, spec
+        assert _replay(declared, ops) == _replay(_AllFields(make_policy(spec)), ops), spec
+
+
+def test_expression_policy_declares_the_fields_its_score_and_tie_breaks_name():
+    policy = make_policy(EXPRESSIONS[-3])
+    assert policy.replica_fields == {
+        "in_flight_requests", "recent_requests_per_s", "metrics_age_s", "recent_ttft_s",
+        "prefix_hit_tokens", "queued_prefill_tokens",
+    }  # fmt: skip
 
 
 def test_views_are_reused_while_inputs_are_unchanged():

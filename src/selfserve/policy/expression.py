@@ -31,9 +31,13 @@ from typing import Any
 from selfserve.policy.base import StatelessPolicy
 from selfserve.policy.expression_eval import SCORE_LIMIT, CompiledExpression, compile_expression
 from selfserve.policy.expression_syntax import (
+    AGGREGATE_KINDS,
+    AGGREGATED_FEATURES,
+    REPLICA_FEATURES,
     Expr,
     ExpressionError,
     count_nodes,
+    features_used,
     parse_expression,
     to_text,
 )
@@ -66,6 +70,15 @@ DOCUMENT_KEYS: frozenset[str] = frozenset(
 # Relative tolerance under which two scores count as a tie (float noise from weighted sums).
 _TIE_RELATIVE = 1e-9
 
+_TIE_FIELDS = {
+    "least-in-flight": "in_flight_requests",
+    "least-queued-prefill": "queued_prefill_tokens",
+    "most-prefix-hit": "prefix_hit_tokens",
+}
+# `cluster_max_in_flight_requests` -> `in_flight_requests` (`num_replicas` reads `index`)
+_REPLICA_FIELD_OF = {
+    f"cluster_{kind}_{name}": name for name in AGGREGATED_FEATURES for kind in AGGREGATE_KINDS
+} | {"num_replicas": "index"}
 _TIE_KEYS = {
     "least-in-flight": lambda r: r.in_flight_requests,
     "least-queued-prefill": lambda r: r.queued_prefill_tokens,
@@ -107,6 +120,14 @@ class ExpressionPolicy(StatelessPolicy):
     @property
     def text(self) -> str:
         return to_text(self.tree)
+
+    @property
+    def replica_fields(self) -> frozenset[str]:
+        """The `ReplicaView` fields the score (directly or through a cluster aggregate) and
+        the tie-breaks read: the Router fills only those (`selfserve.policy.views`)."""
+        names = {_REPLICA_FIELD_OF.get(f, f) for f in features_used(self.tree)}
+        names.update(_TIE_FIELDS[rule] for rule in self.tie_break if rule in _TIE_FIELDS)
+        return frozenset(names & REPLICA_FEATURES.keys())
 
     @property
     def complexity(self) -> int:
