@@ -6,6 +6,7 @@ per-request sum, and a replica's `next_change_s` stays current after every call.
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -162,3 +163,9 @@ def test_next_change_is_current_after_every_call(reqs, probes):
             assert replica.next_change_s == expected_next_change(replica)
     replica.advance_to(float("inf"))
     assert replica.next_change_s == float("inf") and replica.is_idle
+
+
+def test_a_unit_too_large_for_a_ledger_entry_is_refused_with_the_request_named():
+    req = EngineRequest("huge", 1 << 29, 1, (1, 2), hash_block_tokens=1 << 28)
+    with pytest.raises(ValueError, match="'huge'.*too large"):
+        req.prepare(16)

@@ -135,6 +135,11 @@ class EngineRequest:
                 ends.append(end)
                 end_blocks.append(end_block)
                 unit_entries.append(ONE_REF + item_blocks)
+        if unit_entries and max(unit_entries) >= 2 * ONE_REF:
+            raise ValueError(
+                f"request {self.request_id!r}: a prefix unit of over {ONE_REF - 1} KV blocks "
+                "cannot be cached (its hash block or media item is too large)"
+            )
         self.unit_hashes = hashes
         self.unit_end_tokens = ends
         self.unit_end_blocks = end_blocks
