@@ -10,7 +10,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from selfserve.engine import BlockLedger, EngineConfig, EngineReplica, EngineRequest
+from selfserve.engine import (
+    BlockLedger,
+    EngineConfig,
+    EngineReplica,
+    EngineRequest,
+    RequestTooLarge,
+)
 from selfserve.engine.stretch import DecodePlan, new_blocks, sorted_if_small
 from selfserve.perf import PerfModel
 
@@ -167,5 +173,5 @@ def test_next_change_is_current_after_every_call(reqs, probes):
 
 def test_a_unit_too_large_for_a_ledger_entry_is_refused_with_the_request_named():
     req = EngineRequest("huge", 1 << 29, 1, (1, 2), hash_block_tokens=1 << 28)
-    with pytest.raises(ValueError, match="'huge'.*too large"):
+    with pytest.raises(RequestTooLarge, match="'huge'.*too large"):
         req.prepare(16)

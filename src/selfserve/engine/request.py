@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from selfserve.engine.blocks import ONE_REF, hash_units
+from selfserve.engine.config import RequestTooLarge
 from selfserve.workload.hashing import combine
 
 WAITING = 0
@@ -136,9 +137,10 @@ class EngineRequest:
                 end_blocks.append(end_block)
                 unit_entries.append(ONE_REF + item_blocks)
         if unit_entries and max(unit_entries) >= 2 * ONE_REF:
-            raise ValueError(
-                f"request {self.request_id!r}: a prefix unit of over {ONE_REF - 1} KV blocks "
-                "cannot be cached (its hash block or media item is too large)"
+            raise RequestTooLarge(
+                self.request_id,
+                f"a prefix unit of over {ONE_REF - 1} KV blocks cannot be cached "
+                "(its hash block or media item is too large)",
             )
         self.unit_hashes = hashes
         self.unit_end_tokens = ends
