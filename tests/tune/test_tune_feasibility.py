@@ -70,6 +70,10 @@ def test_the_guard_moves_the_pass_line():
     assert Probe(2.0, 0.95, 1.0, long_attainment=0.0).passes()
     # a guard failure lowers the extrapolated capacity like an attainment shortfall does
     assert _extrapolate([probe], 0.9) < 2.0
+    # starving the hopeless requests fails too: p99 TTFT over its limit
+    starving = Probe(2.0, 0.95, 30.0, long_attainment=0.9, long_floor=0.5, p99_limit_s=20.0)
+    assert not starving.passes() and starving.margin() == pytest.approx(-0.5)
+    assert Probe(2.0, 0.95, 19.0, p99_limit_s=20.0).passes()
 
 
 @pytest.fixture(scope="module")

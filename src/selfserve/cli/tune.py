@@ -76,6 +76,13 @@ def register(subparsers) -> None:
         "(default 0.05)",
     )
     parser.add_argument(
+        "--tail-factor",
+        type=float,
+        default=2.0,
+        help="capacity: p99 TTFT may be at most this times the best anchor's (default 2; 0: "
+        "no limit)",
+    )
+    parser.add_argument(
         "--ci-anchors",
         type=int,
         default=2,
@@ -195,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         search_fraction=search_fraction,
         cache_path=args.cache,
         guard_margin=args.guard_margin,
+        tail_factor=args.tail_factor,
         ci_anchors=args.ci_anchors,
     )
     console.print(
@@ -349,6 +357,7 @@ def _json_payload(result, doc: dict) -> dict:
         "finalise_reserve_s": result.finalise_reserve_s,
         "validation_s": result.validation_s,
         "long_floor": result.long_floor,
+        "p99_limit_s": result.p99_limit_s,
         "request_classes": {
             key: {
                 "requests": len(c.feasible),

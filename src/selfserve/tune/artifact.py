@@ -63,6 +63,8 @@ def policy_document(
         "guard": {
             "long_prompt_attainment_floor": _number(result.long_floor),
             "margin": config.guard_margin,
+            "p99_ttft_limit_s": _number(result.p99_limit_s),
+            "tail_factor": config.tail_factor,
             "classes": {
                 key: {
                     "requests": len(c.feasible),

@@ -3,9 +3,10 @@
 Objectives (higher score is better):
 - `capacity` (default): the largest arrival-rate multiplier at which SLO attainment over the
   *feasible* requests (those an idle replica would serve in time, see `feasibility`) stays
-  ≥ 90% and — when the plan sets a `long_floor` — the long feasible requests keep at least
-  that attainment (the tuner sets it just below the best anchor's, so a winner cannot buy
-  capacity by giving up on long prompts). Found by a geometric bracket around a starting
+  ≥ 90% and — when the plan sets them — the long feasible requests keep at least
+  `long_floor` attainment and the p99 TTFT of all completed requests stays under
+  `p99_limit_s` (the tuner sets both from the best anchor's, so a winner can buy capacity
+  neither by giving up on long prompts nor by starving the hopeless ones). Found by a geometric bracket around a starting
   guess, then bisection in log space to a relative tolerance, then linear interpolation of
   the pass margin inside the last bracket (a continuous value, so the optimizer sees small
   improvements). Ties: lower p99 TTFT.
@@ -47,6 +48,7 @@ class EvalPlan:
     seed: int = 0
     target: float = ATTAINMENT_TARGET
     long_floor: float = 0.0  # a probe passes only if long requests keep this attainment
+    p99_limit_s: float = 0.0  # ... and p99 TTFT of all completed requests stays below this
 
     @property
     def feasible_only(self) -> bool:
@@ -64,13 +66,17 @@ class Probe:
     summary: Mapping[str, Any] = field(default_factory=dict, compare=False, repr=False)
     long_attainment: float = math.nan
     long_floor: float = 0.0
+    p99_limit_s: float = 0.0
 
     def margin(self, target: float = ATTAINMENT_TARGET) -> float:
-        """How far the probe is inside the pass region (>= 0 passes): the attainment over
-        the target, or the long requests' attainment over their floor, whichever is less."""
+        """How far the probe is inside the pass region (>= 0 passes): the least of the
+        attainment over the target, the long requests' attainment over their floor, and
+        the p99 TTFT's headroom under its limit (as a fraction of the limit)."""
         value = self.attainment - target
         if self.long_floor > 0.0 and self.long_attainment == self.long_attainment:
             value = min(value, self.long_attainment - self.long_floor)
+        if self.p99_limit_s > 0.0 and self.p99_ttft_s == self.p99_ttft_s:
+            value = min(value, (self.p99_limit_s - self.p99_ttft_s) / self.p99_limit_s)
         return value
 
     def passes(self, target: float = ATTAINMENT_TARGET) -> bool:
@@ -140,6 +146,7 @@ def run_probe(
     *,
     feasible_only: bool = False,
     long_floor: float = 0.0,
+    p99_limit_s: float = 0.0,
 ) -> Probe:
     """Simulate once at `rate`; with `classes`, attainment per request class too."""
     from selfserve.sim import simulate  # imported late: worker processes import on demand
@@ -161,7 +168,13 @@ def run_probe(
     elif feasible_only:
         raise ValueError("a feasible-only objective needs the workload's request classes")
     return Probe(
-        rate, attainment, p99_ttft_of(summary), summary, long_attainment=long, long_floor=long_floor
+        rate,
+        attainment,
+        p99_ttft_of(summary),
+        summary,
+        long_attainment=long,
+        long_floor=long_floor,
+        p99_limit_s=p99_limit_s,
     )
 
 
@@ -264,6 +277,7 @@ def find_capacity(
             classes,
             feasible_only=plan.feasible_only,
             long_floor=plan.long_floor,
+            p99_limit_s=plan.p99_limit_s,
         )
         probes.append(result)
         return result

@@ -71,6 +71,11 @@ def class_note(result: TuneResult) -> str | None:
             f"; the search required long-prompt attainment >= {result.long_floor:.1%} "
             f"(the best anchor's on training minus {result.config.guard_margin:.0%})"
         )
+    if result.p99_limit_s > 0:
+        text += (
+            f" and p99 TTFT <= {result.p99_limit_s:.1f} s "
+            f"({result.config.tail_factor:g}x the best anchor's on training)"
+        )
     return text
 
 

@@ -6,8 +6,9 @@ Budget covers everything up to the choice of the winner: request classification,
 scoring, search and the exact re-scoring of the shortlist (the search stops early by an
 estimate of what that re-scoring costs); validation runs after it and is timed separately.
 With the default `capacity` objective a candidate's capacity also has to keep the long
-feasible requests' attainment within `guard_margin` of the best anchor's (see
-`objective`), so the search cannot win by giving up on long prompts. Ctrl-C (KeyboardInterrupt) during the search ends it and keeps the best
+feasible requests' attainment within `guard_margin` of the best anchor's and its p99 TTFT
+within `tail_factor` times the anchor's (see `objective`), so the search can win neither
+by giving up on long prompts nor by starving the requests no replica serves in time. Ctrl-C (KeyboardInterrupt) during the search ends it and keeps the best
 so far; during validation it stops validation and the result says what was not validated.
 The winner must beat the best anchor on training (penalised for size); otherwise the best
 anchor itself is the result, so the tuner never hands back something worse than what it
@@ -86,6 +87,7 @@ class TuneConfig:
     cache_path: str | None = None  # remember evaluations across runs (anchors, validation)
     structural_per_round: int | None = None  # default: one per worker
     guard_margin: float = 0.05  # long requests may lose at most this attainment vs the anchor
+    tail_factor: float = 2.0  # p99 TTFT may be at most this times the anchor's (0: no limit)
     ci_anchors: int = 2  # besides the best training anchor, CIs for the best N on validation
 
     def check(self) -> None:
@@ -146,6 +148,7 @@ class TuneResult:
     notes: list[str] = field(default_factory=list)
     classes: dict[str, RequestClasses] = field(default_factory=dict)  # window key -> classes
     long_floor: float = 0.0  # the guard used in search (0: none)
+    p99_limit_s: float = 0.0  # the guard's p99 TTFT limit (0: none)
     finalise_reserve_s: float = 0.0  # budget kept back for re-scoring the shortlist
 
     WINNER = WINNER
@@ -278,6 +281,7 @@ def tune(
         notes=state.notes,
         classes=classes,
         long_floor=state.long_floor,
+        p99_limit_s=state.p99_limit_s,
         finalise_reserve_s=state.reserve_s,
     )
 
@@ -335,6 +339,7 @@ class _SearchState:
     hopeless_from_tokens: int = 0  # see feasibility.RequestClasses (training window)
     num_replicas: int = 0
     long_floor: float = 0.0
+    p99_limit_s: float = 0.0
     reserve_s: float = 0.0
 
     # ---- phase 1: anchors on the training window (the bar to beat) --------------
@@ -380,6 +385,13 @@ class _SearchState:
                 f"guard: long prompts must keep >= {self.long_floor:.1%} attainment "
                 f"({self.best_anchor} keeps {best.long_attainment:.1%})",
             )
+        if (
+            self.config.objective in FEASIBLE_OBJECTIVES
+            and self.config.tail_factor > 0
+            and math.isfinite(best.p99_ttft_s)
+            and best.p99_ttft_s > 0
+        ):
+            self.p99_limit_s = self.config.tail_factor * best.p99_ttft_s
         # Seed the population: the anchors restated in the language, plus a linear blend.
         seeds = [
             candidate_from_document(anchor_document(n), origin=f"seed:{n}")
@@ -476,6 +488,7 @@ class _SearchState:
             reject_below=0.85 * rate,
             seed=self.config.seed,
             long_floor=self.long_floor,
+            p99_limit_s=self.p99_limit_s,
         )
 
     def finalise_reserve_s(self) -> float:
@@ -555,13 +568,14 @@ class _SearchState:
             max_sims=self.config.max_sims,
             seed=self.config.seed,
             long_floor=self.long_floor,
+            p99_limit_s=self.p99_limit_s,
         )
         anchor_future = None
         if self.best_anchor not in self.train_exact:
             # First in the queue: the bar is the one number every outcome needs. Anchors
             # are measured as they are (no guard): the guard is a bar for candidates.
             anchor_future = self.evaluator.submit(
-                "train", self.best_anchor, replace(plan, long_floor=0.0)
+                "train", self.best_anchor, replace(plan, long_floor=0.0, p99_limit_s=0.0)
             )
         # Each candidate starts from its own search estimate: fewer bracket steps than
         # starting everyone at the anchor's rate.
