@@ -334,3 +334,21 @@ def test_requests_queue_for_a_connection_when_a_backend_is_at_its_limit():
         assert len(engine.peers) == 1  # every request went over the one allowed connection
 
     run(body())
+
+
+def test_head_is_answered_like_get_without_a_body():
+    async def body():
+        async with gateway_over([LoopbackEngine()]) as gw:
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write(
+                b"HEAD /health HTTP/1.1\r\nHost: gw\r\n\r\n"
+                b"GET /health HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+            )
+            raw = await _until_closed(reader)
+            writer.close()
+        head_answer, _, rest = raw.partition(b"\r\n\r\n")
+        assert head_answer.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: " in head_answer
+        assert rest.startswith(b"HTTP/1.1 200 OK")  # no body between the two answers
+        assert rest.endswith(b"}") and b'"status":"ok"' in rest
+
+    run(body())

@@ -144,7 +144,9 @@ class Gateway:
 
     # ---- dispatch and auth -------------------------------------------------------------------
     async def _dispatch(self, request: HttpRequest, conn: HttpServerProtocol) -> Reply | None:
-        route = self._routes.get((request.method, request.path))
+        # HEAD is GET without the body (load balancers probe /health that way)
+        method = "GET" if request.method == "HEAD" else request.method
+        route = self._routes.get((method, request.path))
         try:
             if route is None:
                 allowed = self._methods.get(request.path)

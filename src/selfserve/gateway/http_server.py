@@ -102,6 +102,7 @@ class HttpServerProtocol(asyncio.Protocol):
         self._keep_alive = True
         self._stream_head: bytes | None = None
         self._is_chunked = True
+        self._is_head = False
         self.is_responding = False  # a head has been written for the current request
 
     # ---- asyncio.Protocol ---------------------------------------------------------------
@@ -191,6 +192,7 @@ class HttpServerProtocol(asyncio.Protocol):
     # ---- serving ------------------------------------------------------------------------
     def _start(self, request: HttpRequest, keep_alive: bool) -> None:
         self._keep_alive = keep_alive
+        self._is_head = request.method == "HEAD"  # answered like GET, without the body
         self._stream_head = None
         self.is_responding = False
         self._task = self.server.loop.create_task(self._serve(request))
@@ -265,7 +267,7 @@ class HttpServerProtocol(asyncio.Protocol):
             + b"Content-Type: "
             + reply.content_type
             + b"\r\nContent-Length: %d\r\n\r\n" % len(reply.body)
-            + reply.body
+            + (b"" if self._is_head else reply.body)
         )
 
     def start_stream(self, status: int, headers: tuple[tuple[bytes, bytes], ...]) -> None:
