@@ -69,8 +69,9 @@ def simulate(
     env = Environment(seed)
     started = time.perf_counter()
     run = _Run(workload, replicas, router, env, rate_scale, scrape_interval_s, progress)
-    # The run allocates many small acyclic objects; pausing the cyclic collector saves
-    # its repeated walks over them (anything cyclic is collected once it is re-enabled).
+    # The run allocates many small acyclic objects (the records too); pausing the cyclic
+    # collector saves its repeated walks over them (anything cyclic is collected once it
+    # is re-enabled).
     gc_was_enabled = gc.isenabled()
     gc.disable()
     try:
@@ -78,19 +79,19 @@ def simulate(
             run.run_fast()
         else:
             run.run_step()
+        wall_s = time.perf_counter() - started
+        return run.result(
+            policy=getattr(policy_obj, "name", str(policy)),
+            cluster=spec.label,
+            mode=mode,
+            seed=seed,
+            rate_scale=rate_scale,
+            wall_s=wall_s,
+            slo=SLO.parse(slo),
+        )
     finally:
         if gc_was_enabled:
             gc.enable()
-    wall_s = time.perf_counter() - started
-    return run.result(
-        policy=getattr(policy_obj, "name", str(policy)),
-        cluster=spec.label,
-        mode=mode,
-        seed=seed,
-        rate_scale=rate_scale,
-        wall_s=wall_s,
-        slo=SLO.parse(slo),
-    )
 
 
 class _Run:
