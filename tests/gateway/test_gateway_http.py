@@ -321,16 +321,24 @@ def test_requests_queue_for_a_connection_when_a_backend_is_at_its_limit():
                 writer.close()
                 return raw
 
+            async def until(predicate) -> None:
+                for _ in range(500):
+                    if predicate():
+                        return
+                    await asyncio.sleep(0.005)
+                raise AssertionError("condition not reached within 2.5 s")
+
             # a client that gives up while queued must not hold the slot it was waiting for
-            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
             first = asyncio.create_task(stream())
-            await asyncio.sleep(0.02)
-            writer.write(_post(STREAM))  # queued behind the first
-            await asyncio.sleep(0.02)
+            await until(lambda: engine.running == 1)  # the first holds the one connection
+            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+            writer.write(_post(STREAM))
+            await until(lambda: gw.proxy.num_in_flight == 2)  # ... so this one waits
             writer.close()
             results = await asyncio.gather(first, stream(), stream())
             assert gw.router.num_in_flight == 0
         assert all(r.endswith(b"data: [DONE]\n\n\r\n0\r\n\r\n") for r in results)
+        assert engine.seen == 3 and engine.cancelled == 0  # the one that left never got there
         assert len(engine.peers) == 1  # every request went over the one allowed connection
 
     run(body())
