@@ -331,6 +331,7 @@ class Router:
         hits = self.prefix_hit_tokens(request) if plan.prefix else None
         media_hits = self._media_hit_tokens(request) if plan.media else None
         own, rates, scraped, age = plan.own, plan.rates, plan.scraped, plan.age
+        timed = rates or scraped or age
         window_s = self.window_s
         cutoff_s = now_s - window_s
         infos = self.replicas
@@ -361,18 +362,21 @@ class Router:
                         if age_s < 0.0:
                             age_s = 0.0
             if keys is not None:
-                key = (
-                    book.version if own else 0,
-                    hit,
-                    media_hit,
-                    dispatched,
-                    completed,
-                    running,
-                    waiting,
-                    kv,
-                    age_s,
-                    health[i],
-                )
+                if timed:
+                    key = (
+                        book.version if own else 0,
+                        hit,
+                        media_hit,
+                        dispatched,
+                        completed,
+                        running,
+                        waiting,
+                        kv,
+                        age_s,
+                        health[i],
+                    )
+                else:  # the rest are constant for this plan
+                    key = (book.version if own else 0, hit, media_hit, health[i])
                 if key == keys[i]:
                     continue
                 keys[i] = key
