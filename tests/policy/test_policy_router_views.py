@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from selfserve.policy import list_anchors, make_policy
 from selfserve.policy.expression import EXPRESSION_ANCHORS, anchor_document
-from selfserve.policy.router import Router
+from selfserve.policy.router import Router, RoutingError
 from selfserve.policy.snapshot import EngineMetrics, ReplicaInfo, ReplicaView, RequestView
 from selfserve.policy.views import (
     DYNAMIC_FIELDS,
@@ -194,3 +194,30 @@ def test_positional_constructor_builds_the_same_frozen_record():
     assert type(fast) is RequestView and fast == slow
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.prompt_tokens = 1
+
+
+def test_a_router_that_keeps_only_what_the_policy_reads_refuses_to_be_inspected():
+    lean = Router(make_policy("round-robin"), _infos(), keep_unread_state=False)
+    full = Router(make_policy("round-robin"), _infos())
+    rng_a, rng_b = random.Random(0), random.Random(0)
+    probe = RequestView("p", 1.0, 64, block_hashes=(1000,))
+    for k in range(2):
+        request = RequestView(f"q{k}", 1.0, 64, block_hashes=(1000, 1001))
+        assert lean.route(request, 1.0, [None] * 3, rng_a) == full.route(
+            request, 1.0, [None] * 3, rng_b
+        )
+    assert full.prefix_hit_tokens(probe) == [16, 16, 0]
+    with pytest.raises(RoutingError, match="keep_unread_state"):
+        lean.snapshot(probe, 1.0, [None] * 3)
+    with pytest.raises(RoutingError, match="keep_unread_state"):
+        lean.prefix_hit_tokens(probe)
+    with pytest.raises(RoutingError, match="lmetric"):
+        lean.policy = make_policy("lmetric")  # would read hits the Router never indexed
+    lean.policy = make_policy("dynamo-kv")  # reads neither: fine
+
+
+def test_a_lean_router_keeps_its_indexes_for_a_policy_that_reads_them():
+    lean = Router(make_policy("lmetric"), _infos(), keep_unread_state=False)
+    lean.route(RequestView("a", 0.0, 64, block_hashes=(7, 8)), 0.0, [None] * 3, random.Random(0))
+    hits = lean.prefix_hit_tokens(RequestView("p", 0.0, 64, block_hashes=(7, 8)))
+    assert sorted(hits) == [0, 0, 32]

@@ -91,7 +91,9 @@ class Router:
     (default: the replica's KV capacity in blocks of the request's block size when known,
     else llm-d's 31,250 entries). A policy that declares `replica_fields` gets snapshots
     carrying those dynamic fields only (see `selfserve.policy.views`); `snapshot()` always
-    builds every field.
+    builds every field. `keep_unread_state=False` (the simulator, which never inspects the
+    Router) also skips the prefix and media indexes while the policy reads no own or hit
+    feature; `snapshot()` and `prefix_hit_tokens()` then raise `RoutingError`.
     """
 
     def __init__(
@@ -101,6 +103,7 @@ class Router:
         *,
         window_s: float = DEFAULT_WINDOW_S,
         index_capacity_blocks: int | None = None,
+        keep_unread_state: bool = True,
     ) -> None:
         if not replicas:
             raise RoutingError("a Router needs at least one replica")
@@ -117,6 +120,8 @@ class Router:
         self._media_seen = [BlockLRUIndex([MEDIA_INDEX_CAPACITY]) for _ in self.replicas]
         self._all_healthy = (True,) * len(self.replicas)
         self.num_routed = 0
+        self._keep_unread_state = keep_unread_state
+        self._indexes_incomplete = False  # a dispatch skipped the prefix/media indexes
         self.policy = policy
 
     # ---- public API -------------------------------------------------------------------
@@ -127,9 +132,19 @@ class Router:
     @policy.setter
     def policy(self, policy: Policy) -> None:
         """Set the policy, read its `replica_fields` and forget views built for another."""
+        plan = ReadPlan.of(policy)
+        # Without `keep_unread_state`, the indexes feed only hit features and the queued
+        # prefill tokens derived from them; a policy reading neither needs no index.
+        skips = not self._keep_unread_state and not (plan.own or plan.prefix or plan.media)
+        if self._indexes_incomplete and not skips:
+            raise RoutingError(
+                f"policy {getattr(policy, 'name', policy)!r} reads own or prefix features, "
+                "but this Router (keep_unread_state=False) skipped its indexes so far"
+            )
         self._policy = policy
-        self._plan = ReadPlan.of(policy)
-        self._static_plan = self._plan.is_static
+        self._plan = plan
+        self._static_plan = plan.is_static
+        self._skips_indexes = skips
         n = len(self.replicas)
         self._view_keys: list[tuple | None] = [None] * n
         self._views: list[ReplicaView | None] = [None] * n
@@ -160,7 +175,7 @@ class Router:
             raise RoutingError("no healthy replica to route to")
         if request.request_id in self._in_flight:
             raise RoutingError(f"request {request.request_id!r} is already in flight")
-        if self._index is None:
+        if self._index is None and not self._skips_indexes:
             self._ensure_index(request.block_size)
         snapshot = self._decision_snapshot(request, now_s, metrics, healthy)
         policy = self._policy
@@ -174,9 +189,13 @@ class Router:
                 f"({self.replicas[choice].name})"
             )
         plan = self._plan
-        hit = view.prefix_hit_tokens if plan.prefix else self._prefix_hit_on(choice, request)
-        if request.media_hashes:
-            hit += view.media_hit_tokens if plan.media else self._media_hit_on(choice, request)
+        if self._skips_indexes:
+            self._indexes_incomplete = True
+            hit = 0  # nothing reads it (see `keep_unread_state`)
+        else:
+            hit = view.prefix_hit_tokens if plan.prefix else self._prefix_hit_on(choice, request)
+            if request.media_hashes:
+                hit += view.media_hit_tokens if plan.media else self._media_hit_on(choice, request)
         self._record_dispatch(request, now_s, choice, hit)
         policy.on_route(snapshot, choice)
         return choice
@@ -229,6 +248,10 @@ class Router:
 
     def prefix_hit_tokens(self, request: RequestView) -> list[int]:
         """Tokens of `request` each replica is expected to hold, by the router's own index."""
+        self._check_complete("prefix_hit_tokens")
+        return self._prefix_hits(request)
+
+    def _prefix_hits(self, request: RequestView) -> list[int]:
         index = self._ensure_index(request.block_size)
         if index is None or not request.block_hashes:
             return [0] * len(self.replicas)
@@ -288,12 +311,20 @@ class Router:
     ) -> ClusterSnapshot:
         """The frozen view a policy decides on, every field filled (also useful to inspect
         the Router)."""
+        self._check_complete("snapshot")
         health = self._all_healthy if healthy is None else tuple(map(bool, healthy))
         views: list = [None] * len(self.replicas)
         self._fill_views(FULL_PLAN, request, now_s, metrics, health, views, None)
         return ClusterSnapshot(now_s=now_s, request=request, replicas=tuple(views))
 
     # ---- internals --------------------------------------------------------------------
+    def _check_complete(self, what: str) -> None:
+        if self._indexes_incomplete:
+            raise RoutingError(
+                f"{what}: this Router keeps only what its policy reads (keep_unread_state="
+                "False) and skipped its prefix and media indexes"
+            )
+
     def _decision_snapshot(
         self,
         request: RequestView,
@@ -328,7 +359,7 @@ class Router:
         `plan` reads hold their current values, the others their defaults. With `keys` (the
         inputs each view was built from), a view whose inputs are unchanged is kept.
         Returns whether any view was (re)built."""
-        hits = self.prefix_hit_tokens(request) if plan.prefix else None
+        hits = self._prefix_hits(request) if plan.prefix else None
         media_hits = self._media_hit_tokens(request) if plan.media else None
         own, rates, scraped, age = plan.own, plan.rates, plan.scraped, plan.age
         timed = rates or scraped or age
@@ -458,8 +489,9 @@ class Router:
             book.prune(cutoff_s)
         dispatches.append(now_s)
         book.version += 1
-        if self._index is not None and request.block_hashes:
-            self._index.insert(choice, request.block_hashes, now_s)
-        if request.media_hashes:
-            self._media_seen[choice].insert(0, request.media_hashes, now_s)
+        if not self._skips_indexes:
+            if self._index is not None and request.block_hashes:
+                self._index.insert(choice, request.block_hashes, now_s)
+            if request.media_hashes:
+                self._media_seen[choice].insert(0, request.media_hashes, now_s)
         self.num_routed += 1

@@ -65,7 +65,7 @@ def simulate(
     spec = ClusterSpec.parse(cluster)
     replicas, infos = spec.build()
     policy_obj = make_policy(policy)
-    router = Router(policy_obj, infos)
+    router = Router(policy_obj, infos, keep_unread_state=False)
     env = Environment(seed)
     started = time.perf_counter()
     run = _Run(workload, replicas, router, env, rate_scale, scrape_interval_s, progress)
