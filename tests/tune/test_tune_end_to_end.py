@@ -196,8 +196,9 @@ def test_the_learned_mooncake_policy_loads_and_keeps_long_prompts_in_their_lane(
     train 0-30 min) under the unguarded objective (now `capacity-all`): 1.43x lmetric's
     capacity over all requests on minutes 30-59, by keeping prompts over 37.5k tokens (98%
     of which miss a 2 s TTFT even on an idle replica) on two replicas. Kept as evidence of
-    that lane; the guarded objective rates it 2.95 vs lmetric's 2.29 on validation, with
-    long feasible prompts at 79% attainment vs 74%."""
+    that lane; capacity over feasible requests rates it 2.95 vs lmetric's 2.29 on
+    validation, long feasible prompts at 79% attainment vs 74%, but p99 TTFT 158 s: the
+    default tail guard (2x the anchor's p99) rejects it."""
     import random
     from pathlib import Path
 
