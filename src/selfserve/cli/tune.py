@@ -359,14 +359,7 @@ def _json_payload(result, doc: dict) -> dict:
         "long_floor": result.long_floor,
         "p99_limit_s": result.p99_limit_s,
         "request_classes": {
-            key: {
-                "requests": len(c.feasible),
-                "feasible": c.feasible_count,
-                "long": c.long_count,
-                "long_threshold_tokens": c.long_threshold_tokens,
-            }
-            for key, c in result.classes.items()
-            if "#" not in key
+            key: c.summary() for key, c in result.classes.items() if "#" not in key
         },
         "interrupted": result.interrupted,
         "validated": result.validated,

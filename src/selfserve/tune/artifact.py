@@ -66,12 +66,7 @@ def policy_document(
             "p99_ttft_limit_s": _number(result.p99_limit_s),
             "tail_factor": config.tail_factor,
             "classes": {
-                key: {
-                    "requests": len(c.feasible),
-                    "feasible": c.feasible_count,
-                    "long": c.long_count,
-                    "long_threshold_tokens": c.long_threshold_tokens,
-                }
+                key: c.summary()
                 for key, c in result.classes.items()
                 if key in ("train", "validate")
             },

@@ -51,6 +51,15 @@ class RequestClasses:
     def feasible_share(self) -> float:
         return self.feasible_count / len(self.feasible) if self.feasible else 0.0
 
+    def summary(self) -> dict:
+        """Counts for reports and policy-file evidence."""
+        return {
+            "requests": len(self.feasible),
+            "feasible": self.feasible_count,
+            "long": self.long_count,
+            "long_threshold_tokens": self.long_threshold_tokens,
+        }
+
 
 def arrival_order(workload: Workload) -> list[int]:
     """Indices of `workload.requests` in the order the simulator records them."""
