@@ -6,10 +6,17 @@ STAMP := $(VENV)/.installed
 
 .PHONY: setup demo test bench check clean
 
-$(STAMP): pyproject.toml
+# The install compiles the simulator's hot path with mypyc (setup.py): a compiled module
+# shadows its .py, so editing one of these sources must rebuild (selfserve.native_build
+# refuses a stale build at import). A superset of native_build.COMPILED_MODULES.
+NATIVE_SOURCES := setup.py src/selfserve/native_build.py src/selfserve/perf/model.py \
+	$(wildcard src/selfserve/engine/*.py) $(wildcard src/selfserve/sim/*.py)
+
+$(STAMP): pyproject.toml $(NATIVE_SOURCES)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip
 	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@$(BIN)/python -c "from selfserve.native_build import describe_build; print(describe_build())"
 	@touch $(STAMP)
 
 setup: $(STAMP)
@@ -29,4 +36,5 @@ check: $(STAMP)
 	$(BIN)/python -m pytest
 
 clean:
-	rm -rf $(VENV) out build *.egg-info
+	rm -rf $(VENV) out build *.egg-info src/*.egg-info src/selfserve/native_build.json
+	find src -name '*.so' -delete

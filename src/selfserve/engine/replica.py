@@ -27,15 +27,19 @@ from selfserve.engine.stretch import (
     sorted_if_small,
     steps_within_kv,
 )
+from selfserve.perf.model import PerfModel
 
 FIRST_TOKEN = 0
 FINISHED = 1
+Requests = list[EngineRequest]
 
 
 class EngineReplica:
     """One replica: `add` requests, then drive it with `step` or `advance_to`."""
 
-    def __init__(self, perf, config: EngineConfig | None = None, *, name: str = "replica") -> None:
+    def __init__(
+        self, perf: PerfModel, config: EngineConfig | None = None, *, name: str = "replica"
+    ) -> None:
         self.perf = perf
         self.config = config = config or EngineConfig()
         self.name = name
@@ -66,11 +70,6 @@ class EngineReplica:
         self._plan: DecodePlan | None = None  # a lazy run of such steps (fast mode)
         self._decode_coeffs: dict[int, tuple[float, float, float, float]] = {}
         self.next_change_s = math.inf  # see `_sync_next_change`
-        # (time_s, energy_j) of one step: a StepCost is such a tuple
-        if hasattr(perf, "step_cost"):
-            self._step_cost = perf.step_cost
-        else:
-            self._step_cost = _cost_from_parts(perf)
 
     # ---- requests ---------------------------------------------------------------------
     def check_fits(self, req: EngineRequest) -> None:
@@ -149,11 +148,12 @@ class EngineReplica:
         """Run one iteration starting at max(now_s, end of the previous one); None if idle."""
         self.materialize(now_s)
         start_s = max(now_s, self.clock_s)
-        result = self._run_step(start_s)
-        self._sync_next_change()
-        if result is None:
+        sched = self.scheduler
+        if not sched.running and not sched.waiting:
+            self._sync_next_change()
             return None
-        batch, first, emitted, finished, end_s, energy_j = result
+        batch, first, emitted, finished, end_s, energy_j = self._run_step(start_s)
+        self._sync_next_change()
         return StepOutput(
             start_s=start_s,
             end_s=end_s,
@@ -166,13 +166,13 @@ class EngineReplica:
             energy_j=energy_j,
         )
 
-    def _run_step(self, start_s: float):
+    def _run_step(self, start_s: float) -> tuple[Batch, Requests, Requests, Requests, float, float]:
+        """Schedule and apply one step starting at `start_s` (something runs or waits):
+        (batch, first-token, token-emitting and finished requests, end_s, energy_j)."""
         sched = self.scheduler
-        if not sched.running and not sched.waiting:
-            return None
         batch = sched.schedule()
         if batch.scheduled:
-            time_s, energy_j = self._step_cost(batch.prefill, batch.decode_contexts)
+            time_s, energy_j = self.perf.step_cost(batch.prefill, batch.decode_contexts)
             for kind, tokens in batch.encoder_tokens:
                 time_s += self.perf.encoder_time_s(tokens, kind)
         else:  # everything running was preempted; admission happens next step
@@ -211,8 +211,7 @@ class EngineReplica:
                 return
             if self._stable_decode and self._start_plan():
                 continue
-            result = self._run_step(self.clock_s)
-            batch, first, _, finished, end_s, _ = result
+            batch, first, _, finished, end_s, _ = self._run_step(self.clock_s)
             for req in first:
                 events.append((end_s, FIRST_TOKEN, req))
             for req in finished:
@@ -294,7 +293,7 @@ class EngineReplica:
         block_size = self.config.block_size
         to_finish = 1 << 62
         context = 0
-        slacks = []
+        slacks: list[int] = []
         slacks_append = slacks.append
         for r in running:
             left = r.output_tokens - r.num_emitted_tokens
@@ -309,8 +308,8 @@ class EngineReplica:
         max_steps = to_finish
         ordered = sorted_if_small(slacks, block_size)
         if ordered is not None:  # DecodePlan.new_blocks, inlined
-            q, r = divmod(to_finish, block_size)
-            blocks_at_end = len(ordered) * q + bisect_left(ordered, r)
+            q, rem = divmod(to_finish, block_size)
+            blocks_at_end = len(ordered) * q + bisect_left(ordered, rem)
         else:
             blocks_at_end = new_blocks(slacks, to_finish, block_size)
         if blocks_at_end > ledger.num_free_blocks:  # the KV cache fills up first
@@ -360,7 +359,7 @@ class EngineReplica:
         """Apply the first `steps` steps of the pending plan, which is then consumed."""
         plan = self._plan
         self._plan = None
-        if steps <= 0:
+        if plan is None or steps <= 0:
             return
         sched = self.scheduler
         running = sched.running
@@ -436,13 +435,3 @@ class EngineReplica:
             num_free_blocks=ledger.num_free_blocks,
             num_blocks=ledger.num_blocks,
         )
-
-
-def _cost_from_parts(perf):
-    step_time_s = perf.step_time_s
-    step_energy_j = perf.step_energy_j
-
-    def cost(prefill, decode_contexts) -> tuple[float, float]:
-        return step_time_s(prefill, decode_contexts), step_energy_j(prefill, decode_contexts)
-
-    return cost

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from selfserve.engine.request import EngineRequest
+from selfserve.perf.model import PerfModel
 
 
 @dataclass(slots=True)
@@ -55,7 +56,7 @@ class DecodePlan:
         q, r = divmod(steps, block_size)
         return len(ordered) * q + bisect_left(ordered, r)
 
-    def steps_started_before(self, t_s: float, perf) -> int:
+    def steps_started_before(self, t_s: float, perf: PerfModel) -> int:
         """How many of the plan's steps start strictly before `t_s`."""
         if t_s > self.last_start_s:
             return self.max_steps
@@ -71,7 +72,7 @@ class DecodePlan:
         return min(math.ceil(root), self.max_steps)
 
 
-def decode_coefficients(perf, batch_size: int) -> tuple[float, float, float, float]:
+def decode_coefficients(perf: PerfModel, batch_size: int) -> tuple[float, float, float, float]:
     """(alpha_s, beta_s, alpha_j, beta_j): one decode step of `batch_size` sequences costs
     alpha + beta x total context in time and in energy; all nan if the perf model's decode
     cost is not affine in the context (then plans use its exact sums)."""
@@ -130,7 +131,9 @@ def sorted_if_small(slacks: list[int], block_size: int) -> list[int] | None:
     return None
 
 
-def _search_steps(perf, batch_size: int, context: int, budget_s: float, max_steps: int) -> int:
+def _search_steps(
+    perf: PerfModel, batch_size: int, context: int, budget_s: float, max_steps: int
+) -> int:
     """Steps j in [1, max_steps] with start (sum of the j-1 before) < budget_s, by bisection."""
     lo, hi = 0, max_steps - 1  # elapsed(lo) < budget; elapsed(hi) >= budget (or hi is last)
     if perf.decode_stretch(batch_size, context, hi).time_s < budget_s:

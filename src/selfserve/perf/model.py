@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from selfserve.catalog import Accelerator, ModelSpec, get_accelerator, get_model
+from selfserve.native_build import check_build
 from selfserve.perf.calibration import Calibration, default_calibration, load_calibration
 from selfserve.perf.deployment import (
     KV_DTYPE_BYTES,
@@ -29,6 +30,8 @@ from selfserve.perf.deployment import (
     kv_capacity_tokens,
     kv_heads_per_gpu,
 )
+
+check_build()  # this module may be compiled: refuse a build older than its source
 
 
 class StepCost(NamedTuple):

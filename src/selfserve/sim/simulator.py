@@ -274,11 +274,11 @@ class _Run:
         last_tick_index = None
         while len(env):
             t, _, payload = env.pop()
-            tick_index = math.floor(t / interval) if interval > 0 else None
-            if interval <= 0 or tick_index != last_tick_index:
-                if interval > 0:
+            if interval > 0:
+                tick_index = math.floor(t / interval)
+                if tick_index != last_tick_index:
                     self._scrape(tick_index * interval)
-                last_tick_index = tick_index
+                    last_tick_index = tick_index
             if payload[0] == "arrival":
                 k = payload[1]
                 if interval <= 0:
