@@ -63,6 +63,7 @@ timing = sys.argv[6] == "1"
 if timing:
     for name in ("route", "on_first_token", "on_complete"):
         setattr(Router, name, timed(getattr(Router, name)))
+from selfserve.native_build import running_build
 from selfserve.sim import simulate
 cpu0 = time.process_time()
 result = simulate(workload, cluster, policy, mode=mode)
@@ -73,6 +74,7 @@ print(json.dumps({
     "router_s": router_s[0] if timing else None,
     "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     "attainment": summary["slo_attainment"], "completed": summary["completed"],
+    "engine_build": running_build(),
 }))
 """
 
@@ -90,6 +92,18 @@ def run() -> list[dict]:
         {"name": "load average (1 min) when the suite started: timings scale with it",
          "value": os.getloadavg()[0], "unit": f"on {os.cpu_count()} cores", "target": "", "ok": None}
     ]  # fmt: skip
+    rows += _timed_rows()
+    builds = {row["engine_build"] for row in rows if "engine_build" in row}
+    # "mypyc": the engine, perf step cost and simulator loop ran compiled (setup.py);
+    # "pure": from the .py sources (no compiled build, or it was skipped or failed)
+    rows.insert(1, {"name": "engine build the figures below ran with", "value": "/".join(sorted(builds)),
+                    "unit": "mypyc = compiled, pure = Python sources", "target": "", "ok": None,
+                    "engine_build": "/".join(sorted(builds))})  # fmt: skip
+    return rows
+
+
+def _timed_rows() -> list[dict]:
+    rows: list[dict] = []
     for name, path, cluster, target_s in CASES:
         if not path.exists():
             rows.append(
@@ -99,7 +113,7 @@ def run() -> list[dict]:
         best = min((_child(path, cluster) for _ in range(3)), key=lambda r: r["wall_s"])
         timed = _child(path, cluster, timing=True)
         n = best["requests"]
-        rows += [
+        rows += _tagged(best, [
             {"name": f"{name} {n:,} req on {cluster}: simulate wall (best of 3)",
              "value": best["wall_s"], "unit": "s", "target": f"<= {target_s}", "ok": best["wall_s"] <= target_s},
             {"name": f"{name}: simulated requests per wall-second",
@@ -111,26 +125,31 @@ def run() -> list[dict]:
             {"name": f"{name}: peak RSS of the whole process",
              "value": best["peak_rss_mb"], "unit": "MB", "target": "< 500", "ok": best["peak_rss_mb"] < 500},
             {"name": f"{name}: trace load", "value": best["load_s"], "unit": "s", "target": "", "ok": None},
-        ]  # fmt: skip
+        ])  # fmt: skip
     mooncake = CASES[0][1]
     for policy in POLICIES if mooncake.exists() else ():
         best = min(
             (_child(mooncake, CASES[0][2], policy) for _ in range(2)), key=lambda r: r["cpu_s"]
         )
-        rows += [
+        rows += _tagged(best, [
             {"name": f"mooncake-conv with {policy}: simulate wall (best of 2)",
              "value": best["wall_s"], "unit": "s", "target": "", "ok": None},
             {"name": f"mooncake-conv with {policy}: simulate CPU time (same run)",
              "value": best["cpu_s"], "unit": "s", "target": "", "ok": None},
-        ]  # fmt: skip
+        ])  # fmt: skip
     if mooncake.exists():
         fast = _child(mooncake, "4xh200/llama-3.1-8b", mode="fast", limit=1500)
         step = _child(mooncake, "4xh200/llama-3.1-8b", mode="step", limit=1500)
-        rows.append(
+        rows += _tagged(fast, [
             {"name": "fast vs step mode speedup (1,500 Mooncake req, 4xh200)",
              "value": step["wall_s"] / fast["wall_s"], "unit": "x", "target": "", "ok": None}
-        )  # fmt: skip
+        ])  # fmt: skip
     return rows
+
+
+def _tagged(result: dict, rows: list[dict]) -> list[dict]:
+    """`rows` with the engine build of the run they come from (`engine_build`)."""
+    return [{**row, "engine_build": result["engine_build"]} for row in rows]
 
 
 if __name__ == "__main__":
