@@ -1,7 +1,7 @@
 """The block ledger against a per-block reference: the same free count, the same cached
 units and the same LRU eviction order under random allocate / register / hit / release
-sequences — so packing a unit's refs and size into one entry and merging private runs
-change only the cost. Also: a decode plan's bisection count of new blocks equals the
+sequences — so packing a unit's state into one entry, queueing the units of one release as
+one run (skipping those hit since) and merging private runs change only the cost. Also: a decode plan's bisection count of new blocks equals the
 per-request sum, and a replica's `next_change_s` stays current after every call."""
 
 from __future__ import annotations
@@ -59,36 +59,39 @@ operations = st.lists(
 )
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(ops=operations)
-def test_ledger_matches_a_per_block_lru_model(ops):
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(ops=operations, compact_after_stale=st.sampled_from([0, 3, 1 << 16]))
+def test_ledger_matches_a_per_block_lru_model(ops, compact_after_stale):
     total = 48  # small, so allocations soon reach freed units and evict them
-    ledger, model = BlockLedger(total), PerBlockLedger(total)
+    ledger, model = BlockLedger(total, compact_after_stale), PerBlockLedger(total)
     holders: list[tuple[list[int], int]] = []  # running requests: (units held, private)
     next_unit = 1000
     for op, pick, size in ops:
-        if op == "new":  # a request computes `size` private blocks, names part as a unit
+        if op == "new":  # a request computes `size` private blocks, names 0-3 runs as units
             if size > ledger.num_free_blocks:
                 continue
             ledger.allocate(size)
             model.allocate(size)
-            unit_blocks = size // 2
+            unit_blocks = size // 4
             units = []
-            if unit_blocks and ledger.register(next_unit, unit_blocks):
+            for _ in range(pick % 4 if unit_blocks else 0):
+                assert ledger.register(next_unit, unit_blocks)
                 model.blocks[next_unit], model.refs[next_unit] = unit_blocks, 1
                 units.append(next_unit)
                 next_unit += 1
-            holders.append((units, size - (unit_blocks if units else 0)))
-        elif op == "hit":  # a request references a cached unit (free or held)
+            holders.append((units, size - unit_blocks * len(units)))
+        elif op == "hit":  # a request references 1-3 cached units (free or held)
             cached = sorted(model.blocks)
             if not cached:
                 continue
-            unit = cached[pick % len(cached)]
-            if model.refs[unit] == 0 and model.blocks[unit] > ledger.num_free_blocks:
+            hit = list(dict.fromkeys(cached[(pick + j) % len(cached)] for j in range(size % 3 + 1)))
+            free_blocks = sum(model.blocks[u] for u in hit if model.refs[u] == 0)
+            if free_blocks > ledger.num_free_blocks:
                 continue
-            assert ledger.acquire(unit) == model.blocks[unit]
-            model.acquire(unit)
-            holders.append(([unit], 0))
+            for unit in hit:
+                assert ledger.acquire(unit) == model.blocks[unit]
+                model.acquire(unit)
+            holders.append((hit, 0))
         elif holders:  # a request finishes
             units, plain = holders.pop(pick % len(holders))
             ledger.release(units, plain)
@@ -97,7 +100,7 @@ def test_ledger_matches_a_per_block_lru_model(ops):
         assert ledger.num_free_blocks == len(model.free)
         assert ledger.cached_blocks == model.blocks
         assert ledger.cached_refs == model.refs
-        queued_units = [k for k in ledger.free_queue if k >= 0]
+        queued_units = [k for k, _ in ledger.queue_layout() if k != -1]
         assert queued_units == list(dict.fromkeys(x for x in model.free if x is not None))
 
 
@@ -109,7 +112,7 @@ def test_freed_private_blocks_join_the_private_run_at_the_queue_tail():
     ledger.allocate(15)  # cut from the head run
     ledger.release([], 10)  # the tail is a unit: a new private run
     ledger.release([], 5)  # joins it
-    assert list(ledger.free_queue.values()) == [65, 20, 15]
+    assert [blocks for _, blocks in ledger.queue_layout()] == [65, 20, 15]
     assert ledger.num_free_blocks == 100 and ledger.is_cached(7)
     ledger.check()
 

@@ -3,23 +3,50 @@
 Like vLLM v1's `BlockPool`/`KVCacheManager`, blocks are either held by running requests or
 free; a free block may still carry a cached prefix hash, and allocation takes blocks from
 the head of one free queue (least recently freed first), evicting any cached hash they
-carry. Blocks are counted, not named: the queue holds *segments* — a cached unit (one
-chained hash covering several engine blocks) or a run of private blocks — so the ledger's
-cost per request is one operation per trace block, not per 16-token engine block.
-Invariant (tested): held blocks + free blocks == total blocks.
+carry. Blocks are counted, not named: the queue holds *runs* — a run of private blocks, or
+the cached units (one chained hash covering several engine blocks each) that one release
+freed, in eviction order — so the ledger's cost per request is one queue operation per
+release plus one dict operation per trace block, not one per 16-token engine block.
+
+A free unit taken off the queue by a prefix hit is not searched for in its run: its entry
+in `units` stops naming that run (see `ONE_REF`), and the run skips it when allocation
+reaches it. Invariant (tested): held blocks + free blocks == total blocks.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
+from collections import deque
 from collections.abc import Sequence
 from math import gcd
 
 from selfserve.workload.hashing import combine
 
-# A cached unit's entry packs its reference count and its size into one int, so that
-# referencing, freeing and evicting a unit each cost one dict operation.
-ONE_REF = 1 << 24  # entry = refs * ONE_REF + blocks (a unit never spans 2^24 blocks)
+# A cached unit's entry in `BlockLedger.units` packs its state into one int, so that
+# referencing, freeing and evicting a unit each cost one dict operation:
+#   held by `refs` requests:  refs * ONE_REF + blocks            (>= ONE_REF)
+#   free, queued in run `s`:  -(s * ONE_REF + blocks)            (< 0; s >= 1)
+ONE_REF = 1 << 24  # a unit never spans 2^24 blocks
+# Runs keep the entries of units hit since they were queued until allocation reaches them;
+# past this many (and more than the live ones) the queue is rebuilt without them.
+COMPACT_AFTER_STALE = 1 << 16
+
+
+class FreeRun:
+    """A run of the free queue: `blocks` private blocks (`serial` 0), or the cached units
+    one release freed (`serial` > 0), evicted in list order from `start` on."""
+
+    __slots__ = ("serial", "blocks", "units", "start")
+
+    def __init__(self, serial: int, blocks: int, units: list[int]) -> None:
+        self.serial = serial
+        self.blocks = blocks
+        self.units = units
+        self.start = 0
+
+
+def unit_blocks(entry: int) -> int:
+    """Blocks of a unit from its `units` entry (held or free)."""
+    return entry % ONE_REF if entry > 0 else (-entry) % ONE_REF
 
 
 class BlockLedger:
@@ -31,19 +58,24 @@ class BlockLedger:
         "free_queue",
         "units",
         "num_evicted_units",
-        "_next_plain_key",
+        "_next_serial",
+        "_num_free_units",
+        "_num_stale",
+        "_compact_after_stale",
     )
 
-    def __init__(self, num_blocks: int) -> None:
+    def __init__(self, num_blocks: int, compact_after_stale: int = COMPACT_AFTER_STALE) -> None:
         if num_blocks < 1:
             raise ValueError(f"a KV cache needs at least one block, got {num_blocks}")
         self.num_blocks = num_blocks
         self.num_free_blocks = num_blocks
-        # key -> blocks; keys >= 0 are cached unit hashes, keys < 0 runs of private blocks
-        self.free_queue: OrderedDict[int, int] = OrderedDict({-1: num_blocks})
-        self.units: dict[int, int] = {}  # unit hash -> refs * ONE_REF + blocks
+        self.free_queue: deque[FreeRun] = deque([FreeRun(0, num_blocks, [])])
+        self.units: dict[int, int] = {}  # unit hash -> entry (see ONE_REF)
         self.num_evicted_units = 0
-        self._next_plain_key = -2
+        self._next_serial = 1
+        self._num_free_units = 0  # free (queued) cached units
+        self._num_stale = 0  # entries in runs of units no longer queued there
+        self._compact_after_stale = compact_after_stale
 
     @property
     def num_used_blocks(self) -> int:
@@ -57,12 +89,12 @@ class BlockLedger:
     @property
     def cached_blocks(self) -> dict[int, int]:
         """Unit hash -> blocks in the unit, for every cached unit (a copy, for inspection)."""
-        return {h: entry % ONE_REF for h, entry in self.units.items()}
+        return {h: unit_blocks(entry) for h, entry in self.units.items()}
 
     @property
     def cached_refs(self) -> dict[int, int]:
         """Unit hash -> requests holding it, for every cached unit (a copy)."""
-        return {h: entry // ONE_REF for h, entry in self.units.items()}
+        return {h: entry // ONE_REF if entry > 0 else 0 for h, entry in self.units.items()}
 
     def is_cached(self, unit_hash: int) -> bool:
         return unit_hash in self.units
@@ -74,37 +106,59 @@ class BlockLedger:
         self.num_free_blocks -= num_blocks
         queue = self.free_queue
         # Most allocations are a few decode or chunk blocks cut from a private run at the
-        # head: shrink it in place (an OrderedDict value update keeps its position).
-        key = next(iter(queue))
-        if key < 0:
-            blocks = queue[key]
-            if blocks > num_blocks:
-                queue[key] = blocks - num_blocks
-                return
-        popitem = queue.popitem
+        # head: shrink it in place.
+        head = queue[0]
+        if head.serial == 0 and head.blocks > num_blocks:
+            head.blocks -= num_blocks
+            return
         units = self.units
-        units_before = len(units)
         need = num_blocks
-        while True:
-            key, blocks = popitem(False)
-            if key >= 0:  # a cached unit: evict its hash
-                del units[key]
-            if blocks >= need:
+        evicted = skipped = rest = 0
+        while need > 0:
+            run = queue[0]
+            serial = run.serial
+            if serial == 0:
+                if run.blocks > need:
+                    run.blocks -= need
+                    break
+                need -= run.blocks
+                queue.popleft()
+                continue
+            hashes = run.units
+            i, n = run.start, len(hashes)
+            while i < n and need > 0:
+                unit_hash = hashes[i]
+                i += 1
+                entry = units.get(unit_hash, 0)
+                if entry >= 0 or (-entry) // ONE_REF != serial:
+                    skipped += 1  # hit (or hit and queued again) since this run was queued
+                    continue
+                del units[unit_hash]  # evict: its blocks are reused
+                evicted += 1
+                blocks = (-entry) % ONE_REF
                 if blocks > need:
-                    rest_key = self._next_plain_key
-                    self._next_plain_key = rest_key - 1
-                    queue[rest_key] = blocks - need
-                    queue.move_to_end(rest_key, last=False)
-                break
-            need -= blocks
-        self.num_evicted_units += units_before - len(units)
+                    rest = blocks - need
+                need -= blocks
+            if i < n:
+                run.start = i
+            else:
+                queue.popleft()
+        if rest:  # the rest of the last unit's blocks stay free, private, at the head
+            queue.appendleft(FreeRun(0, rest, []))
+        self.num_evicted_units += evicted
+        self._num_free_units -= evicted
+        self._num_stale -= skipped
 
     def acquire(self, unit_hash: int) -> int:
         """Reference a cached unit (a prefix hit); returns its block count."""
         entry = self.units[unit_hash]
-        if entry < ONE_REF:  # free: leave the queue
-            del self.free_queue[unit_hash]
-            self.num_free_blocks -= entry
+        if entry < 0:  # free: it leaves the queue (its run will skip it)
+            blocks = (-entry) % ONE_REF
+            self.num_free_blocks -= blocks
+            self._num_free_units -= 1
+            self._num_stale += 1
+            self.units[unit_hash] = ONE_REF + blocks
+            return blocks
         self.units[unit_hash] = entry + ONE_REF
         return entry % ONE_REF
 
@@ -124,37 +178,89 @@ class BlockLedger:
 
         Private blocks join a private run already at the queue tail: blocks are counted,
         not named, so the queue's block order is the same and allocation pops fewer runs.
+        The units left without a holder join the queue as one run.
         """
         queue = self.free_queue
         if plain_blocks > 0:
-            tail = next(reversed(queue), 0) if queue else 0
-            if tail < 0:
-                queue[tail] += plain_blocks
+            tail = queue[-1] if queue else None
+            if tail is not None and tail.serial == 0:
+                tail.blocks += plain_blocks
             else:
-                key = self._next_plain_key
-                self._next_plain_key = key - 1
-                queue[key] = plain_blocks
+                queue.append(FreeRun(0, plain_blocks, []))
             self.num_free_blocks += plain_blocks
+        if not units:
+            return
         entries = self.units
-        freed = 0
+        serial = self._next_serial
+        tag = -serial * ONE_REF
+        freed: list[int] = []
+        freed_blocks = 0
         for unit_hash in reversed(units):
             entry = entries[unit_hash] - ONE_REF
-            entries[unit_hash] = entry
             if entry < ONE_REF:  # no holder left: the unit joins the queue (still cached)
-                queue[unit_hash] = entry
-                freed += entry
-        self.num_free_blocks += freed
+                entries[unit_hash] = tag - entry
+                freed.append(unit_hash)
+                freed_blocks += entry
+            else:
+                entries[unit_hash] = entry
+        if freed:
+            queue.append(FreeRun(serial, 0, freed))
+            self._next_serial = serial + 1
+            self._num_free_units += len(freed)
+            self.num_free_blocks += freed_blocks
+            stale = self._num_stale
+            if stale > self._compact_after_stale and stale > self._num_free_units:
+                self._compact()
+
+    def _compact(self) -> None:
+        """Drop the entries of units no longer queued where a run lists them."""
+        units = self.units
+        kept: deque[FreeRun] = deque()
+        for run in self.free_queue:
+            serial = run.serial
+            if serial:
+                run.units = [
+                    h
+                    for h in run.units[run.start :]
+                    if units.get(h, 0) < 0 and (-units[h]) // ONE_REF == serial
+                ]
+                run.start = 0
+                if not run.units:
+                    continue
+            kept.append(run)
+        self.free_queue = kept
+        self._num_stale = 0
+
+    def queue_layout(self) -> list[tuple[int, int]]:
+        """The free queue head first, as (unit hash, blocks) per queued cached unit and
+        (-1, blocks) per private run (for tests and inspection)."""
+        units = self.units
+        layout: list[tuple[int, int]] = []
+        for run in self.free_queue:
+            if run.serial == 0:
+                layout.append((-1, run.blocks))
+                continue
+            for h in run.units[run.start :]:
+                entry = units.get(h, 0)
+                if entry < 0 and (-entry) // ONE_REF == run.serial:
+                    layout.append((h, (-entry) % ONE_REF))
+        return layout
 
     def check(self) -> None:
         """Assert the ledger's invariants (used by tests)."""
-        queued = sum(self.free_queue.values())
+        layout = self.queue_layout()
+        queued = sum(blocks for _, blocks in layout)
         assert queued == self.num_free_blocks, (queued, self.num_free_blocks)
-        for key in self.free_queue:
-            if key >= 0:
-                assert self.units[key] < ONE_REF, key
+        queued_units = [h for h, _ in layout if h != -1]
+        assert all(blocks > 0 for _, blocks in layout), layout
+        free_units = {h for h, entry in self.units.items() if entry < 0}
+        assert len(queued_units) == len(free_units) == self._num_free_units
+        assert set(queued_units) == free_units
+        listed = sum(len(r.units) - r.start for r in self.free_queue if r.serial)
+        assert listed - len(queued_units) == self._num_stale, (listed, self._num_stale)
         for unit_hash, entry in self.units.items():
-            assert entry >= 0 and entry % ONE_REF > 0, (unit_hash, entry)
-            assert (entry < ONE_REF) == (unit_hash in self.free_queue), unit_hash
+            assert unit_blocks(entry) > 0, (unit_hash, entry)
+            assert entry < 0 or entry >= ONE_REF, (unit_hash, entry)
 
 
 def hash_units(

@@ -150,13 +150,13 @@ class Scheduler:
             if caching and units:
                 # vLLM recomputes at least the last token, so a hit stops before it
                 last_unit = bisect_left(req.unit_end_tokens, num_tokens)
-                get_entry = ledger.units.get
+                entries = ledger.units
                 while hits < last_unit:
-                    entry = get_entry(units[hits])
-                    if entry is None:
+                    entry = entries.get(units[hits], 0)
+                    if entry == 0:  # not cached (an entry is never 0)
                         break
-                    if entry < ONE_REF:  # free cached blocks the hit takes off the queue
-                        hit_free_blocks += entry
+                    if entry < 0:  # free cached blocks the hit takes off the queue
+                        hit_free_blocks += (-entry) % ONE_REF
                     hits += 1
             cached_tokens = req.unit_end_tokens[hits - 1] if hits else 0
             hit_blocks = req.unit_end_blocks[hits - 1] if hits else 0
@@ -169,19 +169,10 @@ class Scheduler:
             if need + hit_free_blocks > ledger.num_free_blocks:
                 break
             waiting.popleft()
-            if hits:
-                # reference the hit units (ledger.acquire, inlined: one call per unit)
+            if hits:  # reference the hit units
                 held = req.held_units
-                unit_hashes = req.unit_hashes
-                entries = ledger.units
-                free_queue = ledger.free_queue
-                for k in range(hits):
-                    unit_hash = unit_hashes[k]
-                    entry = entries[unit_hash]
-                    if entry < ONE_REF:
-                        del free_queue[unit_hash]
-                        ledger.num_free_blocks -= entry
-                    entries[unit_hash] = entry + ONE_REF
+                for unit_hash in req.unit_hashes[:hits]:
+                    ledger.acquire(unit_hash)
                     held.append(unit_hash)
             ledger.allocate(need)
             req.plain_blocks = need
