@@ -93,3 +93,24 @@ def test_the_bar_is_the_best_anchor_on_the_whole_training_window_not_on_the_sear
     assert result.gains["least-kv"].ratio == pytest.approx(1.0)
     assert result.train[TuneResult.WINNER].score == pytest.approx(1.10)
     assert math.isfinite(result.validation[TuneResult.WINNER].score)
+
+
+def test_the_validation_note_says_what_requests_no_replica_serves_in_time_pay():
+    from types import SimpleNamespace
+
+    from selfserve.tune.report import _infeasible_note
+
+    def val(p50: float) -> Evaluation:
+        return Evaluation(1.0, "capacity", 1.0, 1.0, (), True, infeasible_p50_ttft_s=p50)
+
+    result = SimpleNamespace(
+        validation={TuneResult.WINNER: val(346.4), "lmetric": val(63.9)},
+        best_anchor="lmetric",
+        winner_is_anchor=False,
+    )
+    note = _infeasible_note(result, feasible_share=0.991)
+    assert "0.9% that no replica serves in time" in note
+    assert "346.4 s" in note and "63.9 s under lmetric" in note
+    assert _infeasible_note(result, feasible_share=1.0) == ""  # nobody to speak of
+    result.winner_is_anchor = True
+    assert _infeasible_note(result, feasible_share=0.991) == ""

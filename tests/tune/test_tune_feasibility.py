@@ -56,6 +56,10 @@ def test_class_attainment_counts_each_class_separately():
     classes = _with_long([True] * 9 + [False], [r.prompt_tokens for r in records], 0.2)
     result = class_attainment(records, slo, classes)
     assert result.all == 1.0 and result.feasible == 1.0 and result.long == 1.0
+    # the one request flagged infeasible: its own TTFT is the median of that class
+    assert result.infeasible_p50_ttft_s == pytest.approx(records[-1].ttft_s)
+    everyone = _with_long([True] * 10, [r.prompt_tokens for r in records], 0.2)
+    assert math.isnan(class_attainment(records, slo, everyone).infeasible_p50_ttft_s)
     with pytest.raises(ValueError, match="9 records"):
         class_attainment(records[:9], slo, classes)
 

@@ -35,6 +35,7 @@ def evaluation_record(evaluation: Evaluation) -> dict[str, Any]:
         "all_request_attainment": _number(evaluation.all_attainment),
         "long_prompt_attainment": _number(evaluation.long_attainment),
         "long_prompt_p99_ttft_s": _number(evaluation.long_p99_ttft_s),
+        "infeasible_p50_ttft_s": _number(evaluation.infeasible_p50_ttft_s),
         "simulations": len(evaluation.probes),
     }
     if evaluation.error:

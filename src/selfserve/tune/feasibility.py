@@ -125,6 +125,9 @@ class ClassAttainment:
     feasible: float
     long: float  # NaN when the workload has no long requests
     long_p99_ttft_s: float
+    # Median TTFT of the requests no router can serve in time (NaN when there are none): a
+    # winner that buys capacity by making them wait much longer shows it here.
+    infeasible_p50_ttft_s: float = float("nan")
 
 
 def class_attainment(records, slo, classes: RequestClasses) -> ClassAttainment:
@@ -135,11 +138,14 @@ def class_attainment(records, slo, classes: RequestClasses) -> ClassAttainment:
         )
     met_all = met_feasible = met_long = 0
     long_ttft: list[float] = []
+    infeasible_ttft: list[float] = []
     for record, is_feasible, is_long in zip(records, classes.feasible, classes.long, strict=True):
         met = record.meets(slo)
         met_all += met
         if is_feasible:
             met_feasible += met
+        else:
+            infeasible_ttft.append(record.ttft_s if record.rejected is None else float("inf"))
         if is_long:
             met_long += met
             long_ttft.append(record.ttft_s if record.rejected is None else float("inf"))
@@ -149,11 +155,16 @@ def class_attainment(records, slo, classes: RequestClasses) -> ClassAttainment:
         feasible=met_feasible / feasible if feasible else 0.0,
         long=met_long / long if long else float("nan"),
         long_p99_ttft_s=_p99(long_ttft),
+        infeasible_p50_ttft_s=_quantile(infeasible_ttft, 0.5),
     )
 
 
 def _p99(values: list[float]) -> float:
+    return _quantile(values, 0.99)
+
+
+def _quantile(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(0.99 * len(ordered)))]
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]

@@ -99,6 +99,7 @@ class Evaluation:
     all_attainment: float = math.nan
     long_attainment: float = math.nan
     long_p99_ttft_s: float = math.nan
+    infeasible_p50_ttft_s: float = math.nan
 
     @property
     def attainment_curve(self) -> list[tuple[float, float]]:
@@ -161,6 +162,7 @@ def run_probe(
             feasible_attainment=per_class.feasible,
             long_attainment=per_class.long,
             long_p99_ttft_s=per_class.long_p99_ttft_s,
+            infeasible_p50_ttft_s=per_class.infeasible_p50_ttft_s,
         )
         long = per_class.long
         if feasible_only:
@@ -244,6 +246,7 @@ def _class_fields(probe: Probe | None) -> dict[str, float]:
         "all_attainment": _metric(probe.summary, "all_attainment", "attainment"),
         "long_attainment": _metric(probe.summary, "long_attainment"),
         "long_p99_ttft_s": _metric(probe.summary, "long_p99_ttft_s"),
+        "infeasible_p50_ttft_s": _metric(probe.summary, "infeasible_p50_ttft_s"),
     }
 
 

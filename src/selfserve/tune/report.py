@@ -51,6 +51,7 @@ def validation_rows(result: TuneResult) -> list[dict[str, Any]]:
                 "validation_all_attainment": val.all_attainment if val else None,
                 "validation_long_attainment": val.long_attainment if val else None,
                 "validation_long_p99_ttft_s": val.long_p99_ttft_s if val else None,
+                "validation_infeasible_p50_ttft_s": val.infeasible_p50_ttft_s if val else None,
                 "validation_p99_ttft_s": val.p99_ttft_s if val else None,
                 "gain": gain.ratio if gain else None,
                 "gain_ci_low": gain.low if gain else None,
@@ -76,7 +77,26 @@ def class_note(result: TuneResult) -> str | None:
             f" and p99 TTFT <= {result.p99_limit_s:.1f} s "
             f"({result.config.tail_factor:g}x the best anchor's on training)"
         )
-    return text
+    return text + _infeasible_note(result, classes.feasible_share)
+
+
+def _infeasible_note(result: TuneResult, feasible_share: float) -> str:
+    """What the requests no router serves in time pay: the capacity objective does not count
+    them, so a winner may gain by making them wait (a long-context lane does)."""
+    mine = result.validation.get(TuneResult.WINNER)
+    theirs = result.validation.get(result.best_anchor)
+    if feasible_share >= 1.0 or mine is None or theirs is None or result.winner_is_anchor:
+        return ""
+    if not (
+        math.isfinite(mine.infeasible_p50_ttft_s) and math.isfinite(theirs.infeasible_p50_ttft_s)
+    ):
+        return ""
+    return (
+        f"; the {1.0 - feasible_share:.1%} that no replica serves in time wait a median "
+        f"{mine.infeasible_p50_ttft_s:.1f} s for their first token under the learned policy "
+        f"vs {theirs.infeasible_p50_ttft_s:.1f} s under {result.best_anchor} (each at its own "
+        "capacity; the objective does not count them)"
+    )
 
 
 def _score(evaluation) -> float:
