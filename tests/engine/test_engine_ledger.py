@@ -174,7 +174,11 @@ def test_next_change_is_current_after_every_call(reqs, probes):
     assert replica.next_change_s == float("inf") and replica.is_idle
 
 
-def test_a_unit_too_large_for_a_ledger_entry_is_refused_with_the_request_named():
+def test_a_huge_hash_block_is_one_unit_and_only_kv_capacity_refuses_it():
+    # units are objects, so a unit's size has no packing limit
     req = EngineRequest("huge", 1 << 29, 1, (1, 2), hash_block_tokens=1 << 28)
-    with pytest.raises(RequestTooLarge, match="'huge'.*too large"):
-        req.prepare(16)
+    req.prepare(16)
+    assert list(req.unit_end_blocks) == [1 << 24, 1 << 25]
+    replica = EngineReplica(PERF, EngineConfig(num_gpu_blocks_override=600))
+    with pytest.raises(RequestTooLarge, match="'huge'.*max_model_len"):
+        replica.check_fits(req)

@@ -57,10 +57,11 @@ def assert_blocks_conserved(replica: EngineReplica) -> None:
     cached_blocks = ledger.cached_blocks
     refs: dict[int, int] = {}
     for req in running:
-        for h in req.held_units:
+        held = [unit.unit_hash for unit in req.held_units]
+        for h in held:
             refs[h] = refs.get(h, 0) + 1
         assert req.plain_blocks >= 0
-        assert req.held_blocks == req.plain_blocks + sum(cached_blocks[h] for h in req.held_units)
+        assert req.held_blocks == req.plain_blocks + sum(cached_blocks[h] for h in held)
     assert refs == {h: n for h, n in ledger.cached_refs.items() if n > 0}
     in_use_units = sum(cached_blocks[h] for h in refs)
     private = sum(req.plain_blocks for req in running)

@@ -3,14 +3,16 @@
 Like vLLM v1's `BlockPool`/`KVCacheManager`, blocks are either held by running requests or
 free; a free block may still carry a cached prefix hash, and allocation takes blocks from
 the head of one free queue (least recently freed first), evicting any cached hash they
-carry. Blocks are counted, not named: the queue holds *runs* — a run of private blocks, or
-the cached units (one chained hash covering several engine blocks each) that one release
-freed, in eviction order — so the ledger's cost per request is one queue operation per
-release plus one dict operation per trace block, not one per 16-token engine block.
+carry. Blocks are counted, not named: a cached *unit* (`CachedUnit`: one chained hash
+covering several engine blocks) is one object, and the queue holds *runs* — a run of private
+blocks, or the units that one release freed, in eviction order — so the ledger's cost per
+request is one queue operation per release plus about one dict operation per trace block,
+not one per 16-token engine block. Requests hold their units as objects, so referencing and
+releasing a unit touch no dict at all.
 
-A free unit taken off the queue by a prefix hit is not searched for in its run: its entry
-in `units` stops naming that run (see `ONE_REF`), and the run skips it when allocation
-reaches it. Invariant (tested): held blocks + free blocks == total blocks.
+A free unit taken off the queue by a prefix hit is not searched for in its run: it stops
+naming that run (`serial`), and the run skips it when allocation reaches it.
+Invariant (tested): held blocks + free blocks == total blocks.
 """
 
 from __future__ import annotations
@@ -21,14 +23,23 @@ from math import gcd
 
 from selfserve.workload.hashing import combine
 
-# A cached unit's entry in `BlockLedger.units` packs its state into one int, so that
-# referencing, freeing and evicting a unit each cost one dict operation:
-#   held by `refs` requests:  refs * ONE_REF + blocks            (>= ONE_REF)
-#   free, queued in run `s`:  -(s * ONE_REF + blocks)            (< 0; s >= 1)
-ONE_REF = 1 << 24  # a unit never spans 2^24 blocks
-# Runs keep the entries of units hit since they were queued until allocation reaches them;
-# past this many (and more than the live ones) the queue is rebuilt without them.
+# Runs keep the units hit since they were queued until allocation reaches them; past this
+# many such stale entries (and more than the live ones) the queue is rebuilt without them.
 COMPACT_AFTER_STALE = 1 << 16
+EVICTED = -1  # `CachedUnit.serial` of a unit no longer cached
+
+
+class CachedUnit:
+    """A cached prefix unit: `blocks` engine blocks named by `unit_hash`, held by `refs`
+    running requests; while free (`refs` 0) it is queued in the run numbered `serial`."""
+
+    __slots__ = ("unit_hash", "blocks", "refs", "serial")
+
+    def __init__(self, unit_hash: int, blocks: int) -> None:
+        self.unit_hash = unit_hash
+        self.blocks = blocks
+        self.refs = 1  # registered by the request that computed it
+        self.serial = 0
 
 
 class FreeRun:
@@ -37,16 +48,11 @@ class FreeRun:
 
     __slots__ = ("serial", "blocks", "units", "start")
 
-    def __init__(self, serial: int, blocks: int, units: list[int]) -> None:
+    def __init__(self, serial: int, blocks: int, units: list[CachedUnit]) -> None:
         self.serial = serial
         self.blocks = blocks
         self.units = units
         self.start = 0
-
-
-def unit_blocks(entry: int) -> int:
-    """Blocks of a unit from its `units` entry (held or free)."""
-    return entry % ONE_REF if entry > 0 else (-entry) % ONE_REF
 
 
 class BlockLedger:
@@ -70,7 +76,7 @@ class BlockLedger:
         self.num_blocks = num_blocks
         self.num_free_blocks = num_blocks
         self.free_queue: deque[FreeRun] = deque([FreeRun(0, num_blocks, [])])
-        self.units: dict[int, int] = {}  # unit hash -> entry (see ONE_REF)
+        self.units: dict[int, CachedUnit] = {}  # every cached unit, by hash
         self.num_evicted_units = 0
         self._next_serial = 1
         self._num_free_units = 0  # free (queued) cached units
@@ -89,12 +95,12 @@ class BlockLedger:
     @property
     def cached_blocks(self) -> dict[int, int]:
         """Unit hash -> blocks in the unit, for every cached unit (a copy, for inspection)."""
-        return {h: unit_blocks(entry) for h, entry in self.units.items()}
+        return {h: unit.blocks for h, unit in self.units.items()}
 
     @property
     def cached_refs(self) -> dict[int, int]:
         """Unit hash -> requests holding it, for every cached unit (a copy)."""
-        return {h: entry // ONE_REF if entry > 0 else 0 for h, entry in self.units.items()}
+        return {h: unit.refs for h, unit in self.units.items()}
 
     def is_cached(self, unit_hash: int) -> bool:
         return unit_hash in self.units
@@ -111,7 +117,7 @@ class BlockLedger:
         if head.serial == 0 and head.blocks > num_blocks:
             head.blocks -= num_blocks
             return
-        units = self.units
+        cached = self.units
         need = num_blocks
         evicted = skipped = rest = 0
         while need > 0:
@@ -124,18 +130,18 @@ class BlockLedger:
                 need -= run.blocks
                 queue.popleft()
                 continue
-            hashes = run.units
-            i, n = run.start, len(hashes)
+            units = run.units
+            i, n = run.start, len(units)
             while i < n and need > 0:
-                unit_hash = hashes[i]
+                unit = units[i]
                 i += 1
-                entry = units.get(unit_hash, 0)
-                if entry >= 0 or (-entry) // ONE_REF != serial:
-                    skipped += 1  # hit (or hit and queued again) since this run was queued
+                if unit.serial != serial or unit.refs:
+                    skipped += 1  # hit (and maybe queued again or evicted) since then
                     continue
-                del units[unit_hash]  # evict: its blocks are reused
+                del cached[unit.unit_hash]  # evict: its blocks are reused
+                unit.serial = EVICTED
                 evicted += 1
-                blocks = (-entry) % ONE_REF
+                blocks = unit.blocks
                 if blocks > need:
                     rest = blocks - need
                 need -= blocks
@@ -150,17 +156,18 @@ class BlockLedger:
         self._num_stale -= skipped
 
     def acquire(self, unit_hash: int) -> int:
-        """Reference a cached unit (a prefix hit); returns its block count."""
-        entry = self.units[unit_hash]
-        if entry < 0:  # free: it leaves the queue (its run will skip it)
-            blocks = (-entry) % ONE_REF
-            self.num_free_blocks -= blocks
+        """Reference a cached unit by hash (a prefix hit); returns its block count."""
+        unit = self.units[unit_hash]
+        self.acquire_unit(unit)
+        return unit.blocks
+
+    def acquire_unit(self, unit: CachedUnit) -> None:
+        """Reference a cached unit (a prefix hit)."""
+        if unit.refs == 0:  # free: it leaves the queue (its run will skip it)
+            self.num_free_blocks -= unit.blocks
             self._num_free_units -= 1
             self._num_stale += 1
-            self.units[unit_hash] = ONE_REF + blocks
-            return blocks
-        self.units[unit_hash] = entry + ONE_REF
-        return entry % ONE_REF
+        unit.refs += 1
 
     def register(self, unit_hash: int, blocks: int) -> bool:
         """Name `blocks` private blocks of a running request as a cached unit.
@@ -168,12 +175,21 @@ class BlockLedger:
         Returns False when the hash is already cached (another request computed the same
         prefix meanwhile): the caller's copy then stays private, as in vLLM.
         """
-        if unit_hash in self.units:
-            return False
-        self.units[unit_hash] = ONE_REF + blocks
-        return True
+        return self.register_unit(unit_hash, blocks) is not None
 
-    def release(self, units: Sequence[int], plain_blocks: int) -> None:
+    def register_unit(self, unit_hash: int, blocks: int) -> CachedUnit | None:
+        """`register`, returning the new unit (held once) or None."""
+        units = self.units
+        size = len(units)
+        unit = units.setdefault(unit_hash, CachedUnit(unit_hash, blocks))
+        return unit if len(units) > size else None
+
+    def release(self, unit_hashes: Sequence[int], plain_blocks: int) -> None:
+        """`release_units` for the units of these hashes."""
+        units = self.units
+        self.release_units([units[h] for h in unit_hashes], plain_blocks)
+
+    def release_units(self, units: Sequence[CachedUnit], plain_blocks: int) -> None:
         """Free a request's KV: tail first (private blocks, then units last to first).
 
         Private blocks join a private run already at the queue tail: blocks are counted,
@@ -190,19 +206,16 @@ class BlockLedger:
             self.num_free_blocks += plain_blocks
         if not units:
             return
-        entries = self.units
         serial = self._next_serial
-        tag = -serial * ONE_REF
-        freed: list[int] = []
+        freed: list[CachedUnit] = []
         freed_blocks = 0
-        for unit_hash in reversed(units):
-            entry = entries[unit_hash] - ONE_REF
-            if entry < ONE_REF:  # no holder left: the unit joins the queue (still cached)
-                entries[unit_hash] = tag - entry
-                freed.append(unit_hash)
-                freed_blocks += entry
-            else:
-                entries[unit_hash] = entry
+        for unit in reversed(units):
+            refs = unit.refs - 1
+            unit.refs = refs
+            if refs == 0:  # no holder left: the unit joins the queue (still cached)
+                unit.serial = serial
+                freed.append(unit)
+                freed_blocks += unit.blocks
         if freed:
             queue.append(FreeRun(serial, 0, freed))
             self._next_serial = serial + 1
@@ -214,15 +227,12 @@ class BlockLedger:
 
     def _compact(self) -> None:
         """Drop the entries of units no longer queued where a run lists them."""
-        units = self.units
         kept: deque[FreeRun] = deque()
         for run in self.free_queue:
             serial = run.serial
             if serial:
                 run.units = [
-                    h
-                    for h in run.units[run.start :]
-                    if units.get(h, 0) < 0 and (-units[h]) // ONE_REF == serial
+                    u for u in run.units[run.start :] if u.serial == serial and u.refs == 0
                 ]
                 run.start = 0
                 if not run.units:
@@ -234,16 +244,14 @@ class BlockLedger:
     def queue_layout(self) -> list[tuple[int, int]]:
         """The free queue head first, as (unit hash, blocks) per queued cached unit and
         (-1, blocks) per private run (for tests and inspection)."""
-        units = self.units
         layout: list[tuple[int, int]] = []
         for run in self.free_queue:
             if run.serial == 0:
                 layout.append((-1, run.blocks))
                 continue
-            for h in run.units[run.start :]:
-                entry = units.get(h, 0)
-                if entry < 0 and (-entry) // ONE_REF == run.serial:
-                    layout.append((h, (-entry) % ONE_REF))
+            for unit in run.units[run.start :]:
+                if unit.serial == run.serial and unit.refs == 0:
+                    layout.append((unit.unit_hash, unit.blocks))
         return layout
 
     def check(self) -> None:
@@ -253,14 +261,13 @@ class BlockLedger:
         assert queued == self.num_free_blocks, (queued, self.num_free_blocks)
         queued_units = [h for h, _ in layout if h != -1]
         assert all(blocks > 0 for _, blocks in layout), layout
-        free_units = {h for h, entry in self.units.items() if entry < 0}
+        free_units = {h for h, unit in self.units.items() if unit.refs == 0}
         assert len(queued_units) == len(free_units) == self._num_free_units
         assert set(queued_units) == free_units
         listed = sum(len(r.units) - r.start for r in self.free_queue if r.serial)
         assert listed - len(queued_units) == self._num_stale, (listed, self._num_stale)
-        for unit_hash, entry in self.units.items():
-            assert unit_blocks(entry) > 0, (unit_hash, entry)
-            assert entry < 0 or entry >= ONE_REF, (unit_hash, entry)
+        for unit_hash, unit in self.units.items():
+            assert unit.unit_hash == unit_hash and unit.blocks > 0 and unit.refs >= 0
 
 
 def hash_units(

@@ -128,7 +128,7 @@ class EngineReplica:
         req = self.requests.pop(request_id)
         sched = self.scheduler
         if req.status == RUNNING:
-            sched.ledger.release(req.held_units, req.plain_blocks)
+            sched.ledger.release_units(req.held_units, req.plain_blocks)
             sched.running.remove(req)
         else:
             sched.waiting.remove(req)

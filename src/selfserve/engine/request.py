@@ -18,8 +18,7 @@ from bisect import bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from selfserve.engine.blocks import ONE_REF, hash_units
-from selfserve.engine.config import RequestTooLarge
+from selfserve.engine.blocks import CachedUnit, hash_units
 from selfserve.workload.hashing import combine
 
 WAITING = 0
@@ -61,11 +60,8 @@ class EngineRequest:
     unit_hashes: Sequence[int] = ()
     unit_end_tokens: Sequence[int] = ()
     unit_end_blocks: Sequence[int] = ()
-    # per unit: its ledger entry once registered (one reference + its blocks)
-    unit_entries: Sequence[int] = ()
-    units_distinct: bool = True  # no hash repeats among the units (bulk-registration guard)
     # KV held: cached units (hits and registered) + private ("plain") blocks
-    held_units: list[int] = field(default_factory=list)
+    held_units: list[CachedUnit] = field(default_factory=list)
     plain_blocks: int = 0
     held_blocks: int = 0
     next_unit: int = 0  # first unit not yet held
@@ -97,9 +93,7 @@ class EngineRequest:
         self.prompt_total = self.prompt_tokens + self.media_tokens
         if not self.block_hashes and not self.media_hashes:
             self.unit_hashes = self.unit_end_tokens = self.unit_end_blocks = ()
-            self.unit_entries = ()
             self.units_end_tokens = self.units_end_blocks = 0
-            self.units_distinct = True
             self.next_unit_end_tokens = NO_UNIT
             return
         hash_block_tokens = self.hash_block_tokens or block_size
@@ -116,7 +110,6 @@ class EngineRequest:
             end_blocks = list(range(blocks_per_unit, blocks_per_unit * n_text + 1, blocks_per_unit))
         else:
             ends, end_blocks = [], []
-        unit_entries = [ONE_REF + blocks_per_unit] * n_text
         self.media_first_unit = n_text
         if self.media_hashes:
             parts = self.media_part_tokens or _split_evenly(
@@ -135,20 +128,11 @@ class EngineRequest:
                 hashes.append(parent)
                 ends.append(end)
                 end_blocks.append(end_block)
-                unit_entries.append(ONE_REF + item_blocks)
-        if unit_entries and max(unit_entries) >= 2 * ONE_REF:
-            raise RequestTooLarge(
-                self.request_id,
-                f"a prefix unit of over {ONE_REF - 1} KV blocks cannot be cached "
-                "(its hash block or media item is too large)",
-            )
         self.unit_hashes = hashes
         self.unit_end_tokens = ends
         self.unit_end_blocks = end_blocks
-        self.unit_entries = unit_entries
         self.units_end_tokens = ends[-1] if ends else 0
         self.units_end_blocks = end_blocks[-1] if end_blocks else 0
-        self.units_distinct = len(set(hashes)) == len(hashes)
         self.next_unit_end_tokens = ends[0] if ends else NO_UNIT
 
     def unit_end(self, k: int) -> int:

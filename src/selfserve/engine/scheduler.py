@@ -16,7 +16,7 @@ from bisect import bisect_left, bisect_right
 from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 
-from selfserve.engine.blocks import ONE_REF, BlockLedger
+from selfserve.engine.blocks import BlockLedger, CachedUnit
 from selfserve.engine.config import EngineConfig
 from selfserve.engine.request import FINISHED, RUNNING, WAITING, EngineRequest
 
@@ -146,17 +146,19 @@ class Scheduler:
             num_tokens = req.num_tokens
             hits = 0
             hit_free_blocks = 0
+            hit_units: list[CachedUnit] = []
             units = req.unit_hashes
             if caching and units:
                 # vLLM recomputes at least the last token, so a hit stops before it
                 last_unit = bisect_left(req.unit_end_tokens, num_tokens)
-                entries = ledger.units
+                cached = ledger.units
                 while hits < last_unit:
-                    entry = entries.get(units[hits], 0)
-                    if entry == 0:  # not cached (an entry is never 0)
+                    unit = cached.get(units[hits])
+                    if unit is None:
                         break
-                    if entry < 0:  # free cached blocks the hit takes off the queue
-                        hit_free_blocks += (-entry) % ONE_REF
+                    if unit.refs == 0:  # free cached blocks the hit takes off the queue
+                        hit_free_blocks += unit.blocks
+                    hit_units.append(unit)
                     hits += 1
             cached_tokens = req.unit_end_tokens[hits - 1] if hits else 0
             hit_blocks = req.unit_end_blocks[hits - 1] if hits else 0
@@ -170,10 +172,9 @@ class Scheduler:
                 break
             waiting.popleft()
             if hits:  # reference the hit units
-                held = req.held_units
-                for unit_hash in req.unit_hashes[:hits]:
-                    ledger.acquire(unit_hash)
-                    held.append(unit_hash)
+                for unit in hit_units:
+                    ledger.acquire_unit(unit)
+                req.held_units.extend(hit_units)
             ledger.allocate(need)
             req.plain_blocks = need
             req.held_blocks = hit_blocks + need
@@ -221,7 +222,7 @@ class Scheduler:
 
     def _preempt(self, req: EngineRequest) -> None:
         """Recompute-style preemption: free the KV, restart the request later."""
-        self.ledger.release(req.held_units, req.plain_blocks)
+        self.ledger.release_units(req.held_units, req.plain_blocks)
         req.held_units = []
         req.plain_blocks = 0
         req.held_blocks = 0
@@ -281,27 +282,25 @@ class Scheduler:
     def _register_units(self, req: EngineRequest, k: int, k_end: int) -> None:
         """Name units k..k_end-1 of `req`, now computed, in the prefix cache.
 
-        A unit another request cached meanwhile stays private to `req`, as in vLLM. When
-        none is (the usual case) the whole run is registered with C-level dict updates.
+        A unit another request cached meanwhile stays private to `req`, as in vLLM.
         """
-        entries = self.ledger.units
-        new_units = req.unit_hashes[k:k_end]
+        ledger = self.ledger
+        held = req.held_units
+        hashes = req.unit_hashes
+        end_blocks = req.unit_end_blocks
         req.next_unit = k_end
         req.next_unit_end_tokens = req.unit_end(k_end)
-        if req.units_distinct and entries.keys().isdisjoint(new_units):
-            entries.update(zip(new_units, req.unit_entries[k:k_end], strict=True))
-            req.held_units += new_units
-            end_blocks = req.unit_end_blocks
-            req.plain_blocks -= end_blocks[k_end - 1] - (end_blocks[k - 1] if k else 0)
-            return
-        for unit_hash, entry in zip(new_units, req.unit_entries[k:k_end], strict=True):
-            if unit_hash not in entries:
-                entries[unit_hash] = entry
-                req.held_units.append(unit_hash)
-                req.plain_blocks -= entry - ONE_REF
+        blocks_before = end_blocks[k - 1] if k else 0
+        for j in range(k, k_end):
+            end = end_blocks[j]
+            unit = ledger.register_unit(hashes[j], end - blocks_before)
+            if unit is not None:
+                held.append(unit)
+                req.plain_blocks -= end - blocks_before
+            blocks_before = end
 
     def _finish(self, req: EngineRequest, end_s: float) -> None:
-        self.ledger.release(req.held_units, req.plain_blocks)
+        self.ledger.release_units(req.held_units, req.plain_blocks)
         req.held_units = []
         req.plain_blocks = 0
         req.held_blocks = 0
