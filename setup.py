@@ -97,7 +97,8 @@ class MypycBuildExt(build_ext):
         print(
             f"selfserve build: WARNING: the simulator stays pure Python ({reason})", file=sys.stderr
         )
-        self._fallback = reason
+        # kept short for `make setup`'s line (a compiler error quotes its whole command)
+        self._fallback = reason if len(reason) <= 200 else reason[:200] + " ... (pip install -v)"
         self.distribution.ext_modules = self.extensions = []
 
     def _package_dir(self) -> Path:
