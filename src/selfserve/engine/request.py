@@ -92,9 +92,7 @@ class EngineRequest:
         """Build the unit layout for an engine with `block_size`-token blocks."""
         self.prompt_total = self.prompt_tokens + self.media_tokens
         if not self.block_hashes and not self.media_hashes:
-            self.unit_hashes = self.unit_end_tokens = self.unit_end_blocks = ()
-            self.units_end_tokens = self.units_end_blocks = 0
-            self.next_unit_end_tokens = NO_UNIT
+            self._set_layout((), (), ())
             return
         hash_block_tokens = self.hash_block_tokens or block_size
         if hash_block_tokens > 0 and hash_block_tokens % block_size == 0:  # as `hash_units`
@@ -103,31 +101,42 @@ class EngineRequest:
             units, unit_tokens = hash_units(self.block_hashes, hash_block_tokens, block_size)
         n_text = min(len(units), self.prompt_tokens // unit_tokens) if unit_tokens else 0
         blocks_per_unit = unit_tokens // block_size if unit_tokens else 0
-        # ranges and repeats build these lists in C: a request has tens of units
+        self.media_first_unit = n_text
+        if not self.media_hashes:
+            # text only: the ends are arithmetic progressions, kept as ranges (indexable
+            # and bisectable like lists, without building two lists per request)
+            if n_text:  # then unit_tokens and blocks_per_unit are > 0
+                ends_range = range(unit_tokens, unit_tokens * n_text + 1, unit_tokens)
+                blocks_range = range(blocks_per_unit, blocks_per_unit * n_text + 1, blocks_per_unit)
+                self._set_layout(units[:n_text], ends_range, blocks_range)
+            else:
+                self._set_layout((), (), ())
+            return
         hashes = list(units[:n_text])
-        if n_text:  # then unit_tokens and blocks_per_unit are > 0
+        if n_text:
             ends = list(range(unit_tokens, unit_tokens * n_text + 1, unit_tokens))
             end_blocks = list(range(blocks_per_unit, blocks_per_unit * n_text + 1, blocks_per_unit))
         else:
             ends, end_blocks = [], []
-        self.media_first_unit = n_text
-        if self.media_hashes:
-            parts = self.media_part_tokens or _split_evenly(
-                self.media_tokens, len(self.media_hashes)
-            )
-            parent = hashes[-1] if hashes else 0
-            end = ends[-1] if ends else 0
-            end_block = end_blocks[-1] if end_blocks else 0
-            for content_hash, tokens in zip(self.media_hashes, parts, strict=True):
-                if tokens <= 0:
-                    continue
-                parent = combine(combine(parent, content_hash), tokens)
-                end += tokens
-                item_blocks = -(-tokens // block_size)
-                end_block += item_blocks
-                hashes.append(parent)
-                ends.append(end)
-                end_blocks.append(end_block)
+        parts = self.media_part_tokens or _split_evenly(self.media_tokens, len(self.media_hashes))
+        parent = hashes[-1] if hashes else 0
+        end = ends[-1] if ends else 0
+        end_block = end_blocks[-1] if end_blocks else 0
+        for content_hash, tokens in zip(self.media_hashes, parts, strict=True):
+            if tokens <= 0:
+                continue
+            parent = combine(combine(parent, content_hash), tokens)
+            end += tokens
+            item_blocks = -(-tokens // block_size)
+            end_block += item_blocks
+            hashes.append(parent)
+            ends.append(end)
+            end_blocks.append(end_block)
+        self._set_layout(hashes, ends, end_blocks)
+
+    def _set_layout(
+        self, hashes: Sequence[int], ends: Sequence[int], end_blocks: Sequence[int]
+    ) -> None:
         self.unit_hashes = hashes
         self.unit_end_tokens = ends
         self.unit_end_blocks = end_blocks
