@@ -17,6 +17,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from selfserve.native_build import running_build
+
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = ROOT / ".." / "shared" / "traces"
 
@@ -93,7 +95,8 @@ def run() -> list[dict]:
          "value": os.getloadavg()[0], "unit": f"on {os.cpu_count()} cores", "target": "", "ok": None}
     ]  # fmt: skip
     rows += _timed_rows()
-    builds = {row["engine_build"] for row in rows if "engine_build" in row}
+    # (no trace: the build this process imports)
+    builds = {row["engine_build"] for row in rows if "engine_build" in row} or {running_build()}
     # "mypyc": the engine, perf step cost and simulator loop ran compiled (setup.py);
     # "pure": from the .py sources (no compiled build, or it was skipped or failed)
     rows.insert(1, {"name": "engine build the figures below ran with", "value": "/".join(sorted(builds)),
