@@ -34,6 +34,7 @@ from selfserve.tune.feasibility import RequestClasses, classify
 from selfserve.tune.objective import FEASIBLE_OBJECTIVES, OBJECTIVES, EvalPlan, Evaluation
 from selfserve.tune.pool import CachedEvaluator, Evaluator, make_evaluator
 from selfserve.tune.proposer import LLMProposer
+from selfserve.tune.prune import Pruned, bracketing_rates, prune_untaken_branches
 from selfserve.tune.search_space import (
     Candidate,
     Population,
@@ -232,6 +233,9 @@ def tune(
         train_per_search=len(train) / max(1, len(search)),
         hopeless_from_tokens=classes["train"].hopeless_from_tokens,
         num_replicas=ClusterSpec.parse(cluster).num_replicas,
+        pruner=lambda candidate, evaluation: prune_untaken_branches(
+            candidate, train, cluster, slo, bracketing_rates(evaluation), config.seed
+        ),
     )
     interrupted = False
     try:
@@ -356,6 +360,8 @@ class _SearchState:
     long_floor: float = 0.0
     p99_limit_s: float = 0.0
     reserve_s: float = 0.0
+    # Removes the winner's `if` branches it never takes on the training window (see prune).
+    pruner: Callable[[Candidate, Evaluation], Pruned | None] | None = None
 
     # ---- phase 1: anchors on the training window (the bar to beat) --------------
     def run_anchors(self, anchors: Sequence[str]) -> None:
@@ -651,6 +657,16 @@ class _SearchState:
             return self._anchor_result()
         self.train_exact[TuneResult.WINNER] = top.evaluation
         winner = simplified(top.candidate)  # CMA-ES offspring are not simplified on the way
+        pruned = self.pruner(winner, top.evaluation) if self.pruner else None
+        if pruned is not None:
+            rates = ", ".join(f"x{rate:.3g}" for rate in pruned.rates)
+            self.notes.append(
+                f"fixed {pruned.removed_branches} condition(s) that never change on "
+                f"the training window (an 'if' becomes the branch it takes, a comparison its value; {pruned.nodes_before} -> {pruned.nodes_after} nodes): "
+                f"every request is routed as before at the rates bracketing its capacity "
+                f"({rates}); traffic unlike the training window could have taken them"
+            )
+            winner = pruned.candidate
         return winner.document(name="learned", named_params=True), winner.text, False
 
     def _train_anchors(self) -> list[str]:
