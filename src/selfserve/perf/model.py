@@ -327,24 +327,25 @@ class PerfModel:
                 kv_read_tokens += cached
         tokens = new_total + b
         seqs = len(prefill) + b
-        # the pieces are memoized by token / sequence count (same values, same arithmetic)
-        try:
-            gemm_s, gemm_busy_s, wbytes = self._gemm_cache[tokens]
-        except KeyError:
-            gemm_s, gemm_busy_s, wbytes = _memo(self._gemm_cache, tokens, self._gemm_time(tokens))
-        try:
-            lm_s, lm_busy_s = self._lm_cache[seqs]
-        except KeyError:
-            lm_s, lm_busy_s = _memo(self._lm_cache, seqs, self._lm_time(seqs))
+        # the pieces are memoized by token / sequence count (same values, same arithmetic);
+        # `get`, not try/except: a raised KeyError is costly once compiled (a traceback)
+        gemm = self._gemm_cache.get(tokens)
+        if gemm is None:
+            gemm = _memo(self._gemm_cache, tokens, self._gemm_time(tokens))
+        gemm_s, gemm_busy_s, wbytes = gemm
+        lm = self._lm_cache.get(seqs)
+        if lm is None:
+            lm = _memo(self._lm_cache, seqs, self._lm_time(seqs))
+        lm_s, lm_busy_s = lm
         time_s = (gemm_s + lm_s + attn_s + self._act_s_per_token * tokens
                   + self._ar_s_per_token * tokens + self._fixed_s + self._seq_s * seqs)  # fmt: skip
         busy_s += gemm_busy_s + lm_busy_s
         if b:
             total = sum(decode_contexts)
-            try:
-                slope, busy_slope = self._slope_cache[b]
-            except KeyError:
-                slope, busy_slope = _memo(self._slope_cache, b, self._decode_rate_slope(b))
+            slopes = self._slope_cache.get(b)
+            if slopes is None:
+                slopes = _memo(self._slope_cache, b, self._decode_rate_slope(b))
+            slope, busy_slope = slopes
             time_s += slope * total
             busy_s += busy_slope * total
             kv_read_tokens += total
