@@ -21,6 +21,15 @@ def run(coro, timeout_s: float = 30.0):
     return asyncio.run(bounded())
 
 
+async def eventually(predicate, timeout_s: float = 4.0, poll_s: float = 0.01) -> None:
+    """Wait until `predicate()` holds; fail the test if it does not within `timeout_s`."""
+    for _ in range(max(1, int(timeout_s / poll_s))):
+        if predicate():
+            return
+        await asyncio.sleep(poll_s)
+    raise AssertionError(f"condition not reached within {timeout_s:g} s")
+
+
 @asynccontextmanager
 async def gateway_over(engines: list[LoopbackEngine], **overrides: Any):
     for engine in engines:

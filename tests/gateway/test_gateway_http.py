@@ -9,7 +9,7 @@ import socket
 
 import httptools
 import orjson
-from gateway_harness import base_url, gateway_over, run
+from gateway_harness import base_url, eventually, gateway_over, run
 from loopback_engine import LoopbackEngine
 
 CHAT = orjson.dumps({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
@@ -53,14 +53,23 @@ async def _until_closed(reader: asyncio.StreamReader) -> bytes:
     return data
 
 
+async def _exchange(gw, raw_requests: bytes) -> bytes:
+    """Send raw bytes on a new connection; everything the gateway answers until it closes."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
+    writer.write(raw_requests)
+    try:
+        return await _until_closed(reader)
+    finally:
+        writer.close()
+
+
 def test_pipelined_keep_alive_requests_are_answered_in_order_on_one_connection():
     async def body():
         engine = LoopbackEngine(tokens=3)
         async with gateway_over([engine]) as gw:
-            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-            writer.write(_post(CHAT) + _post(STREAM) + _post(CHAT, extra="Connection: close\r\n"))
-            raw = await _until_closed(reader)
-            writer.close()
+            raw = await _exchange(
+                gw, _post(CHAT) + _post(STREAM) + _post(CHAT, extra="Connection: close\r\n")
+            )
         responses = _Responses()
         responses.parser.feed_data(raw)
         assert [status for status, _, _ in responses.done] == [200, 200, 200]
@@ -95,10 +104,7 @@ def test_expect_100_continue_gets_an_interim_answer_before_the_body_is_sent():
 def test_an_http_10_client_gets_an_unchunked_stream_ended_by_closing():
     async def body():
         async with gateway_over([LoopbackEngine(tokens=4)]) as gw:
-            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-            writer.write(_post(STREAM, version="1.0"))
-            raw = await _until_closed(reader)
-            writer.close()
+            raw = await _exchange(gw, _post(STREAM, version="1.0"))
         head, _, events = raw.partition(b"\r\n\r\n")
         assert head.startswith(b"HTTP/1.1 200 OK") and b"chunked" not in head.lower()
         assert events.count(b'"delta"') == 4 and events.endswith(b"data: [DONE]\n\n")
@@ -132,10 +138,7 @@ def test_a_chunked_body_over_the_limit_is_a_413_and_the_connection_closes():
 def test_a_malformed_request_gets_a_400_and_the_connection_closes():
     async def body():
         async with gateway_over([LoopbackEngine()]) as gw:
-            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-            writer.write(b"NOT HTTP AT ALL\r\n\r\n")
-            raw = await _until_closed(reader)
-            writer.close()
+            raw = await _exchange(gw, b"NOT HTTP AT ALL\r\n\r\n")
         assert raw.startswith(b"HTTP/1.1 400 Bad Request\r\n")
         assert b"malformed HTTP request" in raw
 
@@ -201,10 +204,7 @@ def test_a_keep_alive_connection_closed_by_the_backend_is_replaced_without_a_fai
             ) as gw:  # fmt: skip
                 answered_at_start = counts["answered"]  # the first health probe and scrape
                 for _ in range(3):
-                    reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-                    writer.write(_post(CHAT, extra="Connection: close\r\n"))
-                    raw = await _until_closed(reader)
-                    writer.close()
+                    raw = await _exchange(gw, _post(CHAT, extra="Connection: close\r\n"))
                     assert raw.startswith(b"HTTP/1.1 200 OK"), raw[:200]
                 assert counts["answered"] - answered_at_start == 3
                 assert gw.pool.health[0].consecutive_failures == 0
@@ -223,10 +223,7 @@ def test_a_stream_that_stalls_mid_way_ends_with_an_error_event_after_the_read_ti
     async def body():
         engine = LoopbackEngine(tokens=5, delay_s=2.0)  # one token, then silence
         async with gateway_over([engine], limits={"first_byte_timeout_s": 0.3}) as gw:
-            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-            writer.write(_post(STREAM, extra="Connection: close\r\n"))
-            raw = await _until_closed(reader)
-            writer.close()
+            raw = await _exchange(gw, _post(STREAM, extra="Connection: close\r\n"))
             assert gw.router.num_in_flight == 0
         responses = _Responses()
         responses.parser.feed_data(raw)
@@ -279,10 +276,7 @@ def test_a_slow_reader_gets_the_whole_stream_and_the_upstream_connection_is_reus
                 await asyncio.sleep(0.002)
             writer.close()
             # the same upstream connection serves the next request: it was left reading
-            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-            writer.write(_post(CHAT, extra="Connection: close\r\n"))
-            second = await _until_closed(reader)
-            writer.close()
+            second = await _exchange(gw, _post(CHAT, extra="Connection: close\r\n"))
         responses = _Responses()
         responses.parser.feed_data(raw)
         (status, _, events), *_ = responses.done
@@ -315,25 +309,18 @@ def test_requests_queue_for_a_connection_when_a_backend_is_at_its_limit():
         async with gateway_over([engine], limits={"max_connections_per_backend": 1}) as gw:
 
             async def stream() -> bytes:
-                reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-                writer.write(_post(STREAM, extra="Connection: close\r\n"))
-                raw = await _until_closed(reader)
-                writer.close()
-                return raw
-
-            async def until(predicate) -> None:
-                for _ in range(500):
-                    if predicate():
-                        return
-                    await asyncio.sleep(0.005)
-                raise AssertionError("condition not reached within 2.5 s")
+                return await _exchange(gw, _post(STREAM, extra="Connection: close\r\n"))
 
             # a client that gives up while queued must not hold the slot it was waiting for
             first = asyncio.create_task(stream())
-            await until(lambda: engine.running == 1)  # the first holds the one connection
+            await eventually(
+                lambda: engine.running == 1, timeout_s=2.5, poll_s=0.005
+            )  # the first holds the one connection
             reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
             writer.write(_post(STREAM))
-            await until(lambda: gw.proxy.num_in_flight == 2)  # ... so this one waits
+            await eventually(
+                lambda: gw.proxy.num_in_flight == 2, timeout_s=2.5, poll_s=0.005
+            )  # ... so this one waits
             writer.close()
             results = await asyncio.gather(first, stream(), stream())
             assert gw.router.num_in_flight == 0

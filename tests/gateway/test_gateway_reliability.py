@@ -10,7 +10,7 @@ import asyncio
 
 import aiohttp
 import orjson
-from gateway_harness import base_url, gateway_over, run
+from gateway_harness import base_url, eventually, gateway_over, run
 from loopback_engine import LoopbackEngine
 
 CHAT = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
@@ -171,13 +171,6 @@ def test_graceful_stop_drains_in_flight_requests():
 
 
 def test_a_failing_backend_is_ejected_then_readmitted_when_it_recovers():
-    async def wait_for(predicate) -> None:
-        for _ in range(200):
-            if predicate():
-                return
-            await asyncio.sleep(0.02)
-        raise AssertionError("condition not reached within 4 s")
-
     async def body():
         flaky, steady = LoopbackEngine(), LoopbackEngine()
         health = {
@@ -188,7 +181,7 @@ def test_a_failing_backend_is_ejected_then_readmitted_when_it_recovers():
         }
         async with gateway_over([flaky, steady], health=health) as gw:
             flaky.fail_before = True
-            await wait_for(lambda: gw.pool.healthy[0] is False)
+            await eventually(lambda: gw.pool.healthy[0] is False)
             assert _count(gw, "selfserve_gateway_backend_healthy", backend="e0") == 0
             seen_while_ejected = flaky.seen
             async with aiohttp.ClientSession() as s:
@@ -199,7 +192,7 @@ def test_a_failing_backend_is_ejected_then_readmitted_when_it_recovers():
             assert all(status == 200 for status, _ in results)
             assert flaky.seen == seen_while_ejected  # nothing routed to the ejected backend
             flaky.fail_before = False
-            await wait_for(lambda: gw.pool.healthy[0] is True)
+            await eventually(lambda: gw.pool.healthy[0] is True)
             assert _count(gw, "selfserve_gateway_backend_healthy", backend="e0") == 1
 
     run(body())

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from selfserve.policy import list_anchors, make_policy
+from selfserve.policy.base import PolicyWrapper
 from selfserve.policy.expression import EXPRESSION_ANCHORS, anchor_document
 from selfserve.policy.router import Router, RoutingError
 from selfserve.policy.snapshot import EngineMetrics, ReplicaInfo, ReplicaView, RequestView
@@ -27,24 +28,8 @@ from selfserve.policy.views import (
 N_REPLICAS = 3
 
 
-class _AllFields:
+class _AllFields(PolicyWrapper):
     """Hides a policy's `replica_fields`, so the Router hands it full snapshots."""
-
-    def __init__(self, policy) -> None:
-        self.inner = policy
-        self.name = policy.name
-
-    def choose(self, snapshot, rng):
-        return self.inner.choose(snapshot, rng)
-
-    def on_route(self, snapshot, replica_index):
-        self.inner.on_route(snapshot, replica_index)
-
-    def on_first_token(self, request_id, replica_index, now_s):
-        self.inner.on_first_token(request_id, replica_index, now_s)
-
-    def on_complete(self, request_id, replica_index, now_s, ok):
-        self.inner.on_complete(request_id, replica_index, now_s, ok)
 
 
 def _infos() -> list[ReplicaInfo]:

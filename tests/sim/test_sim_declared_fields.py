@@ -9,28 +9,13 @@ import random
 import pytest
 
 from selfserve.policy import make_policy
+from selfserve.policy.base import PolicyWrapper
 from selfserve.sim import simulate
 from selfserve.workload.request import Request, Workload
 
 
-class _ReadsEverything:
+class _ReadsEverything(PolicyWrapper):
     """Wraps a policy and hides its `replica_fields`: full snapshots, scrapes at every tick."""
-
-    def __init__(self, policy) -> None:
-        self.inner = policy
-        self.name = policy.name
-
-    def choose(self, snapshot, rng):
-        return self.inner.choose(snapshot, rng)
-
-    def on_route(self, snapshot, replica_index):
-        self.inner.on_route(snapshot, replica_index)
-
-    def on_first_token(self, request_id, replica_index, now_s):
-        self.inner.on_first_token(request_id, replica_index, now_s)
-
-    def on_complete(self, request_id, replica_index, now_s, ok):
-        self.inner.on_complete(request_id, replica_index, now_s, ok)
 
 
 def _bursty(n: int = 400, seed: int = 3) -> Workload:

@@ -48,3 +48,25 @@ class StatelessPolicy:
 
     def on_complete(self, request_id: str, replica_index: int, now_s: float, ok: bool) -> None:
         return None
+
+
+class PolicyWrapper:
+    """A policy that forwards every call to `inner`; subclasses override what they watch or
+    change. It declares no `replica_fields`, so the Router hands it full snapshots unless a
+    subclass declares them (e.g. as the inner policy's)."""
+
+    def __init__(self, inner: Policy) -> None:
+        self.inner = inner
+        self.name = inner.name
+
+    def choose(self, snapshot: ClusterSnapshot, rng: random.Random) -> int:
+        return self.inner.choose(snapshot, rng)
+
+    def on_route(self, snapshot: ClusterSnapshot, replica_index: int) -> None:
+        self.inner.on_route(snapshot, replica_index)
+
+    def on_first_token(self, request_id: str, replica_index: int, now_s: float) -> None:
+        self.inner.on_first_token(request_id, replica_index, now_s)
+
+    def on_complete(self, request_id: str, replica_index: int, now_s: float, ok: bool) -> None:
+        self.inner.on_complete(request_id, replica_index, now_s, ok)

@@ -14,8 +14,9 @@ said in the policy file's note, not hidden.
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
+from selfserve.policy.base import PolicyWrapper
 from selfserve.policy.expression import ExpressionPolicy, build_expression_policy
 from selfserve.policy.expression_eval import CompiledExpression, compile_expression
 from selfserve.policy.expression_simplify import simplify
@@ -25,39 +26,26 @@ from selfserve.tune.objective import Evaluation
 from selfserve.tune.search_space import Candidate, _rebuild
 
 
-@dataclass(slots=True)
-class _BranchRecorder:
-    """The winner's policy, plus a record of the values each `if` test takes (on every
-    healthy replica at every decision: a superset of where the test is reached, so a test
-    constant here is constant wherever it matters)."""
+class _BranchRecorder(PolicyWrapper):
+    """The winner's policy, plus a record of the values each condition (an `if`'s test, a
+    comparison) takes on every healthy replica at every decision: a superset of where it is
+    reached, so a condition constant here is constant wherever it matters."""
 
-    policy: ExpressionPolicy
-    tests: list[CompiledExpression]
-    outcomes: list[set[bool]] = field(default_factory=list)
-    name: str = "branch-recorder"
-
-    def __post_init__(self) -> None:
-        self.outcomes = [set() for _ in self.tests]
+    def __init__(self, inner: ExpressionPolicy, tests: list[CompiledExpression]) -> None:
+        super().__init__(inner)
+        self.tests = tests
+        self.outcomes: list[set[bool]] = [set() for _ in tests]
 
     @property
     def replica_fields(self) -> frozenset[str]:
-        return self.policy.replica_fields
+        return self.inner.replica_fields
 
     def choose(self, snapshot: ClusterSnapshot, rng: random.Random) -> int:
         candidates = [r for r in snapshot.replicas if r.is_healthy] or list(snapshot.replicas)
         for seen, test in zip(self.outcomes, self.tests, strict=True):
             if len(seen) < 2:
                 seen.update(value != 0.0 for value in test.score(candidates, snapshot.request))
-        return self.policy.choose(snapshot, rng)
-
-    def on_route(self, *args, **kwargs) -> None:
-        self.policy.on_route(*args, **kwargs)
-
-    def on_first_token(self, *args, **kwargs) -> None:
-        self.policy.on_first_token(*args, **kwargs)
-
-    def on_complete(self, *args, **kwargs) -> None:
-        self.policy.on_complete(*args, **kwargs)
+        return self.inner.choose(snapshot, rng)
 
 
 def conditions(tree: Expr) -> list[Cond | Binary]:
