@@ -239,13 +239,11 @@ def test_a_stream_that_stalls_mid_way_ends_with_an_error_event_after_the_read_ti
 def test_health_and_metrics_are_served_on_the_same_port():
     async def body():
         async with gateway_over([LoopbackEngine()]) as gw:
-            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-            writer.write(
+            raw = await _exchange(
+                gw,
                 b"GET /health HTTP/1.1\r\nHost: gw\r\n\r\n"
-                b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+                b"GET /metrics HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
             )
-            raw = await _until_closed(reader)
-            writer.close()
             url = base_url(gw)
         responses = _Responses()
         responses.parser.feed_data(raw)
@@ -334,13 +332,11 @@ def test_requests_queue_for_a_connection_when_a_backend_is_at_its_limit():
 def test_head_is_answered_like_get_without_a_body():
     async def body():
         async with gateway_over([LoopbackEngine()]) as gw:
-            reader, writer = await asyncio.open_connection("127.0.0.1", gw.port)
-            writer.write(
+            raw = await _exchange(
+                gw,
                 b"HEAD /health HTTP/1.1\r\nHost: gw\r\n\r\n"
-                b"GET /health HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n"
+                b"GET /health HTTP/1.1\r\nHost: gw\r\nConnection: close\r\n\r\n",
             )
-            raw = await _until_closed(reader)
-            writer.close()
         head_answer, _, rest = raw.partition(b"\r\n\r\n")
         assert head_answer.startswith(b"HTTP/1.1 200 OK") and b"Content-Length: " in head_answer
         assert rest.startswith(b"HTTP/1.1 200 OK")  # no body between the two answers
