@@ -70,8 +70,44 @@ def test_fit_does_not_memorise_records():
     assert max(abs(r.error) for r in result.rows) < 0.15
 
 
+H100_PROFILE = CALIBRATION_DIR / "h100-llama-3.1-8b.jsonl"
+H100_HELD_OUT_MODEL = CALIBRATION_DIR / "h100-qwen2.5-14b.jsonl"
+
+
+def test_h100_calibration_fitted_on_the_measured_h100_profile_beats_the_h200_ratio():
+    records = read_profile(H100_PROFILE)
+    model, hw = get_model("llama-3.1-8b"), get_accelerator("h100")
+    own = evaluate(records, model, hw, shipped_calibration("h100"))
+    by_ratio = evaluate(records, model, hw, shipped_calibration("h200"))
+    assert len(own.rows) == 20
+    assert own.median_abs_error <= 0.05 and own.p90_abs_error <= 0.15
+    assert by_ratio.median_abs_error > 2 * own.median_abs_error
+
+
+def test_h100_calibration_carries_to_a_model_it_was_not_fitted_on():
+    """Qwen2.5-14B (other widths, 48 layers, 5:1 GQA) profiled on the same H100, never fitted."""
+    records = read_profile(H100_HELD_OUT_MODEL)
+    model, hw = get_model("qwen2.5-14b"), get_accelerator("h100")
+    held_out = evaluate(records, model, hw, shipped_calibration("h100"))
+    assert {r.model for r in records} == {"qwen2.5-14b"}
+    assert held_out.median_abs_error <= 0.10 and held_out.p90_abs_error <= 0.20
+    assert held_out.median_abs_error < evaluate(records, model, hw, shipped_calibration("h200")).median_abs_error
+
+
+def test_shipped_h100_calibration_is_what_calibrate_fits_on_the_shipped_profile():
+    records = read_profile(H100_PROFILE)
+    cal, _ = fit_calibration(
+        records, get_model("llama-3.1-8b"), get_accelerator("h100"), source=H100_PROFILE.name
+    )
+    shipped = shipped_calibration("h100")
+    for name in ("gemm_efficiency", "weight_bw_efficiency", "attn_causal_efficiency",
+                 "attn_cached_efficiency", "idle_power_w"):  # fmt: skip
+        assert getattr(cal, name) == pytest.approx(getattr(shipped, name), rel=1e-3), name
+
+
 def test_other_cards_default_to_the_h200_calibration_by_ratio():
     assert default_calibration("h200") == shipped_calibration("h200")
+    assert default_calibration("h100") == shipped_calibration("h100")
     assert default_calibration("b200") == shipped_calibration("h200")
     perf = PerfModel.create("llama-3.1-8b", "b200")
     assert perf.idle_power_w == get_accelerator("b200").idle_w  # not the H200's fitted idle

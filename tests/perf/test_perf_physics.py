@@ -60,9 +60,13 @@ def test_other_cards_scale_by_their_datasheets():
         > h200.decode_step_time_s(1, 1024)
         > b200.decode_step_time_s(1, 1024)
     )
-    # Prefill is compute-bound: H100 and H200 share a compute peak, B200 has 2.3x.
-    assert h100.prefill_time_s(8192) == pytest.approx(h200.prefill_time_s(8192), rel=0.05)
+    # Prefill is compute-bound: H100 and H200 share a datasheet compute peak, B200 has 2.3x.
+    h100_by_ratio = PerfModel.create("llama-3.1-8b", "h100", calibration=h200.calibration)
+    assert h100_by_ratio.prefill_time_s(8192) == pytest.approx(h200.prefill_time_s(8192), rel=0.05)
     assert b200.prefill_time_s(8192) < 0.6 * h200.prefill_time_s(8192)
+    # Measured, the H100 is slower at the same peak (8,192-token prefill: 267 vs 223 ms in the
+    # shipped profiles); its own calibration carries that.
+    assert 1.1 < h100.prefill_time_s(8192) / h200.prefill_time_s(8192) < 1.3
 
 
 def test_attention_cost_grows_with_context():
