@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 
 from selfserve.policy.expression import anchor_document
 from selfserve.sim import SLO
-from selfserve.tune.objective import EvalPlan, Probe, _extrapolate
+from selfserve.tune.objective import (
+    SMOOTH_GRID_STEP,
+    EvalPlan,
+    Probe,
+    _extrapolate,
+    search_capacity,
+    smooth_capacity,
+)
 from selfserve.tune.pool import CachedEvaluator, SerialEvaluator
 from selfserve.tune.windows import fingerprint, window
 from selfserve.workload.embedded import load_embedded
@@ -43,3 +52,43 @@ def test_cache_reuses_an_evaluation_across_evaluators(tmp_path):
     assert second.hits == 1 and again.score == fresh.score
     other_plan = second.submit("w", doc, EvalPlan(start_rate=0.5, rel_tol=0.2, max_sims=1)).result()
     assert second.hits == 1 and other_plan.probes[0].rate == 0.5
+
+
+def _wiggly_curve(rate: float) -> Probe:
+    """Attainment falling through 90% near x1.0 with a +-0.4% wiggle every ~1%: not
+    monotone at the scale the bisection resolves (like the simulator's curves)."""
+    wiggle = 0.004 * math.sin(rate * 700.0)
+    return Probe(rate, 0.9 - 0.3 * math.log(rate) + wiggle, 1.0)
+
+
+def test_bisection_alone_lands_where_its_start_leads_it_on_a_wiggly_curve():
+    plain = {
+        start: search_capacity(_wiggly_curve, EvalPlan(start_rate=start, rel_tol=0.005, max_sims=30))[0]
+        for start in (0.5, 0.8, 0.97, 1.3, 2.0)
+    }
+    assert max(plain.values()) / min(plain.values()) > 1.005
+
+
+def test_smoothed_capacity_does_not_depend_on_where_the_search_started():
+    smoothed = []
+    for start in (0.5, 0.8, 0.97, 1.3, 2.0):
+        plan = EvalPlan(start_rate=start, rel_tol=0.005, max_sims=40, smooth_points=7)
+        capacity, probes, exact = search_capacity(_wiggly_curve, plan)
+        assert exact
+        smoothed.append(capacity)
+        # the extra probes sit on the shared grid (1 + step)^k
+        grid = [p.rate for p in probes[-7:]]
+        ks = [math.log(r) / math.log1p(SMOOTH_GRID_STEP) for r in grid]
+        assert all(abs(k - round(k)) < 1e-9 for k in ks)
+        assert [round(b - a) for a, b in zip(ks, ks[1:])] == [1] * 6
+    assert max(smoothed) / min(smoothed) < 1.002
+    assert smoothed[0] == pytest.approx(1.0, rel=0.01)  # the trend's own root
+
+
+def test_smoothing_keeps_the_estimate_when_the_margins_do_not_fall():
+    rising = lambda rate: Probe(rate, 0.8 + 0.1 * rate, 1.0)  # noqa: E731
+    assert smooth_capacity(1.0, rising, 5) == 1.0
+    # pure noise around 90%: whatever the line says, the answer stays inside the probed span
+    flat = lambda rate: Probe(rate, 0.9 + 0.01 * math.sin(rate * 900.0), 1.0)  # noqa: E731
+    span = (1 + SMOOTH_GRID_STEP) ** 3
+    assert 1.0 / span - 1e-9 <= smooth_capacity(1.0, flat, 7) <= span + 1e-9

@@ -91,6 +91,9 @@ class TuneConfig:
     guard_margin: float = 0.05  # long requests may lose at most this attainment vs the anchor
     tail_factor: float = 2.0  # p99 TTFT may be at most this times the anchor's (0: no limit)
     ci_anchors: int = 2  # besides the best training anchor, CIs for the best N on validation
+    # Exact scores (the bar, the shortlist, validation): grid points of the line fitted
+    # through the crossing (objective.smooth_capacity); 0 keeps the bisection's estimate.
+    smooth_points: int = 7
 
     def check(self) -> None:
         if self.objective not in OBJECTIVES:
@@ -105,6 +108,8 @@ class TuneConfig:
             raise TuneError("budget must be positive")
         if not 0.0 < self.search_fraction <= 1.0:
             raise TuneError(f"search fraction must be in (0, 1], got {self.search_fraction}")
+        if self.smooth_points < 0 or self.smooth_points in (1, 2):
+            raise TuneError(f"smooth_points must be 0 or at least 3, got {self.smooth_points}")
         if bool(self.proposer_url) != bool(self.proposer_model):
             raise TuneError("--proposer-url and --proposer-model go together")
 
@@ -588,6 +593,7 @@ class _SearchState:
             seed=self.config.seed,
             long_floor=self.long_floor,
             p99_limit_s=self.p99_limit_s,
+            smooth_points=self.config.smooth_points,
         )
         # First in the queue: the bar is the one number every outcome needs. Anchors are
         # measured as they are (no guard): the guard is a bar for candidates. When the

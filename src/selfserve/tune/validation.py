@@ -60,6 +60,7 @@ class Validation:
                 rel_tol=self.config.final_rel_tol,
                 max_sims=self.config.max_sims,
                 seed=self.config.seed,
+                smooth_points=self.config.smooth_points,
             )
             return full_plan, replace(full_plan, rel_tol=self.config.search_rel_tol)
 
