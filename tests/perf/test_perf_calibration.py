@@ -91,7 +91,10 @@ def test_h100_calibration_carries_to_a_model_it_was_not_fitted_on():
     held_out = evaluate(records, model, hw, shipped_calibration("h100"))
     assert {r.model for r in records} == {"qwen2.5-14b"}
     assert held_out.median_abs_error <= 0.10 and held_out.p90_abs_error <= 0.20
-    assert held_out.median_abs_error < evaluate(records, model, hw, shipped_calibration("h200")).median_abs_error
+    assert (
+        held_out.median_abs_error
+        < evaluate(records, model, hw, shipped_calibration("h200")).median_abs_error
+    )
 
 
 def test_shipped_h100_calibration_is_what_calibrate_fits_on_the_shipped_profile():

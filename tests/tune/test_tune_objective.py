@@ -63,7 +63,9 @@ def _wiggly_curve(rate: float) -> Probe:
 
 def test_bisection_alone_lands_where_its_start_leads_it_on_a_wiggly_curve():
     plain = {
-        start: search_capacity(_wiggly_curve, EvalPlan(start_rate=start, rel_tol=0.005, max_sims=30))[0]
+        start: search_capacity(
+            _wiggly_curve, EvalPlan(start_rate=start, rel_tol=0.005, max_sims=30)
+        )[0]
         for start in (0.5, 0.8, 0.97, 1.3, 2.0)
     }
     assert max(plain.values()) / min(plain.values()) > 1.005
@@ -80,7 +82,7 @@ def test_smoothed_capacity_does_not_depend_on_where_the_search_started():
         grid = [p.rate for p in probes[-7:]]
         ks = [math.log(r) / math.log1p(SMOOTH_GRID_STEP) for r in grid]
         assert all(abs(k - round(k)) < 1e-9 for k in ks)
-        assert [round(b - a) for a, b in zip(ks, ks[1:])] == [1] * 6
+        assert [round(b - a) for a, b in zip(ks, ks[1:], strict=False)] == [1] * 6
     assert max(smoothed) / min(smoothed) < 1.002
     assert smoothed[0] == pytest.approx(1.0, rel=0.01)  # the trend's own root
 

@@ -382,7 +382,11 @@ def smooth_capacity(
     margins = [probe(math.exp(x)).margin(target) for x in xs]
     mean_x, mean_m = sum(xs) / points, sum(margins) / points
     sxx = sum((x - mean_x) ** 2 for x in xs)
-    slope = sum((x - mean_x) * (m - mean_m) for x, m in zip(xs, margins)) / sxx if sxx else 0.0
+    slope = (
+        sum((x - mean_x) * (m - mean_m) for x, m in zip(xs, margins, strict=True)) / sxx
+        if sxx
+        else 0.0
+    )
     if not slope < 0.0:
         return estimate
     root = mean_x - mean_m / slope
