@@ -9,6 +9,7 @@ import orjson
 import pytest
 
 from selfserve.cli.main import main
+from selfserve.perf import PerfModel
 from selfserve.workload.analysis import analyze_workload
 from selfserve.workload.embedded import load_embedded
 from selfserve.workload.io import load_workload
@@ -139,3 +140,20 @@ def test_cli_missing_and_empty_traces_are_user_errors(tmp_path, capsys):
     empty.write_text("")
     assert main(["analyze", str(empty), "--format", "mooncake"]) == 2
     assert "empty" in capsys.readouterr().out
+
+
+def test_cli_analyze_bounds_what_routing_can_save_on_a_cluster(tmp_path, capsys):
+    out_json = tmp_path / "a.json"
+    cluster = "2xh200/llama-3.1-8b"
+    assert main(["analyze", "embedded:mooncake-conversation-10min", "--cluster", cluster, "--json", str(out_json)]) == 0  # fmt: skip
+    printed = capsys.readouterr().out
+    bound = orjson.loads(out_json.read_bytes())["extra"]["cache_headroom"]
+    pooled = 2 * PerfModel.create("llama-3.1-8b", "h200").kv_capacity_tokens(0.9)
+    assert bound["cluster"] == cluster and abs(bound["capacity_tokens"] - pooled) <= 2 * 16
+    # a 2-replica pool of ~1.7M tokens holds a fraction of the 10-minute working set
+    assert 0 < bound["lru_token_hit_rate"] < bound["optimal_token_hit_rate"]
+    assert bound["optimal_token_hit_rate"] <= bound["infinite_token_hit_rate"]
+    assert "prefix-cache headroom" in printed and "Belady's MIN" in printed
+    assert (
+        main(["analyze", "embedded:mooncake-conversation-10min", "--cluster", "2xh200/nope"]) == 2
+    )

@@ -48,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="KV bytes per token; overrides --model "
         f"(default: from the catalog, else {DEFAULT_KV_BYTES_PER_TOKEN} = llama-3.1-8b bf16)",
     )
+    parser.add_argument(
+        "--cluster",
+        help="cluster (e.g. 6xh200/llama-3.1-8b): also bound what prefix-aware routing can "
+        "save, with every replica's KV memory pooled (LRU, and Belady's MIN as the limit)",
+    )
     parser.add_argument("--json", metavar="OUT", help="write all figures as JSON")
     parser.add_argument("--html", metavar="OUT", help="write an HTML report with plots")
     parser.set_defaults(func=handle)
@@ -156,9 +161,26 @@ def handle(args: argparse.Namespace) -> int:
         outcomes = _served_outcomes(args)
     if outcomes:
         analysis.extra["outcomes"] = [asdict(o) for o in outcomes]
+    if args.cluster:
+        headroom = _cache_headroom(workload, args.cluster)
+        if headroom is not None:
+            analysis.extra["cache_headroom"] = {"cluster": args.cluster, **headroom.to_dict()}
     print_analysis(analysis)
     write_outputs(analysis, args.json, args.html)
     return 0
+
+
+def _cache_headroom(workload: Workload, cluster: str):
+    """The pooled-cache bound for `cluster`'s total KV memory (None without hashes)."""
+    from selfserve.sim.cluster import ClusterSpec, ClusterSpecError
+    from selfserve.workload.prefix_reuse import cache_headroom
+
+    try:
+        _, infos = ClusterSpec.parse(cluster).build()
+    except ClusterSpecError as exc:
+        raise UserError(f"--cluster: {exc}") from None
+    with err_console.status("bounding prefix-cache hits with the cluster's KV pooled …"):
+        return cache_headroom(list(workload.requests), sum(i.kv_capacity_tokens for i in infos))
 
 
 def _served_outcomes(args: argparse.Namespace) -> list:
@@ -248,6 +270,16 @@ def print_analysis(a: WorkloadAnalysis) -> None:
                 _pct(p.lru.token_hit_rate[i]),
             )
         console.print(curve)
+        bound = a.extra.get("cache_headroom")
+        if bound:
+            console.print(
+                f"[bold]prefix-cache headroom[/] on {bound['cluster']} "
+                f"({bound['capacity_tokens']:,} KV tokens pooled): LRU hits "
+                f"{_pct(bound['lru_token_hit_rate'])} of prompt tokens, Belady's MIN "
+                f"{_pct(bound['optimal_token_hit_rate'])} — no router's requests find more "
+                f"cached, so every router prefills at least "
+                f"{_pct(1 - bound['optimal_token_hit_rate'])} of the prompt tokens"
+            )
 
     if a.sessions is not None:
         s = a.sessions

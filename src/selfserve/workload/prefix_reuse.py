@@ -14,6 +14,8 @@ per access: the 288,500 block references of the Mooncake trace take well under a
 
 from __future__ import annotations
 
+import heapq
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -162,14 +164,9 @@ def _count_prefix_at_least(
     return counts
 
 
-def prefix_reuse(
-    requests: list[Request], num_points: int = 32, block_size: int | None = None
-) -> PrefixReuse | None:
-    """Prefix-cache reuse of `requests` (in the given order); None if none has hashes."""
-    accesses = _flatten(requests)
+def _lru_needs(accesses: _Accesses) -> tuple[np.ndarray, np.ndarray]:
+    """Per block reference: its LRU stack distance, and the LRU size (blocks) it hits in."""
     n = len(accesses.hashes)
-    if n == 0:
-        return None
     # Distances are computed in touch order, looked up at the request's start, then
     # mapped back to prompt order for the leading-prefix rule.
     replay = np.empty(n, dtype=np.int64)
@@ -182,6 +179,99 @@ def prefix_reuse(
     stride = n + 2
     offset = accesses.request_index * stride
     needed = np.maximum.accumulate(offset + distance) - offset
+    return distance, needed
+
+
+@dataclass(frozen=True, slots=True)
+class CacheHeadroom:
+    """What prefix caching can save on a workload with a cluster's KV memory pooled.
+
+    A router only chooses which replica's cache a request meets, so the prompt tokens any
+    router's requests find cached are at most what one cache holding all replicas' KV
+    memory hits under Belady's MIN (evict the block next used farthest in the future);
+    MIN keeps every cached set prefix-closed (a block is never needed later than its
+    ancestors), so its block hits are prefix hits. `lru_token_hit_rate` is the same pooled
+    memory under LRU, what prefix-affinity routing over LRU engines can approach.
+    """
+
+    capacity_tokens: int
+    capacity_blocks: int
+    lru_token_hit_rate: float
+    optimal_token_hit_rate: float
+    infinite_token_hit_rate: float
+
+    def to_dict(self) -> dict[str, float | int]:
+        return {
+            "capacity_tokens": self.capacity_tokens,
+            "capacity_blocks": self.capacity_blocks,
+            "lru_token_hit_rate": self.lru_token_hit_rate,
+            "optimal_token_hit_rate": self.optimal_token_hit_rate,
+            "infinite_token_hit_rate": self.infinite_token_hit_rate,
+        }
+
+
+def cache_headroom(requests: list[Request], capacity_tokens: int) -> CacheHeadroom | None:
+    """Token hit rates of a pooled prefix cache of `capacity_tokens` (LRU and MIN), in
+    arrival order; None when the requests carry no block hashes."""
+    accesses = _flatten(requests)
+    n = len(accesses.hashes)
+    if n == 0:
+        return None
+    sizes = {r.block_size for r in requests if r.block_hashes}
+    capacity = max(int(capacity_tokens) // max(sizes), 0)
+    prompt_total = max(accesses.prompt_tokens, 1)
+    _, needed = _lru_needs(accesses)
+    # a first use's distance is above n (every real distance is at most n)
+    lru = float(accesses.tokens[needed <= min(capacity, n)].sum() / prompt_total)
+    infinite = float(accesses.tokens[needed <= n].sum() / prompt_total)
+    optimal = _belady_token_hits(accesses, capacity) / prompt_total
+    return CacheHeadroom(int(capacity_tokens), capacity, lru, optimal, infinite)
+
+
+def _belady_token_hits(accesses: _Accesses, capacity: int) -> float:
+    """Prompt tokens hit by a `capacity`-block cache under Belady's MIN, prefix rule."""
+    if capacity <= 0:
+        return 0.0
+    hashes = accesses.hashes.tolist()
+    owner = accesses.request_index.tolist()
+    tokens = accesses.tokens.tolist()
+    n = len(hashes)
+    bounds = [0] + [i for i in range(1, n) if owner[i] != owner[i - 1]] + [n]
+    # next_use[i]: the next request that references block i's hash (inf: none)
+    next_use = [math.inf] * n
+    seen_in: dict[int, float] = {}
+    for lo, hi in zip(bounds[-2::-1], bounds[:0:-1], strict=True):
+        for i in range(lo, hi):
+            next_use[i] = seen_in.get(hashes[i], math.inf)
+        for i in range(lo, hi):
+            seen_in[hashes[i]] = owner[i]
+    cached: dict[int, float] = {}  # hash -> its next use
+    heap: list[tuple[float, int, int]] = []  # (-next use, -depth, hash); stale entries skipped
+    hits = 0.0
+    for lo, hi in zip(bounds, bounds[1:], strict=False):
+        i = lo
+        while i < hi and hashes[i] in cached:
+            hits += tokens[i]
+            i += 1
+        for i in range(lo, hi):
+            cached[hashes[i]] = next_use[i]
+            heapq.heappush(heap, (-next_use[i], lo - i, hashes[i]))
+        while len(cached) > capacity:
+            use, _, h = heapq.heappop(heap)
+            if cached.get(h) == -use:
+                del cached[h]
+    return hits
+
+
+def prefix_reuse(
+    requests: list[Request], num_points: int = 32, block_size: int | None = None
+) -> PrefixReuse | None:
+    """Prefix-cache reuse of `requests` (in the given order); None if none has hashes."""
+    accesses = _flatten(requests)
+    n = len(accesses.hashes)
+    if n == 0:
+        return None
+    distance, needed = _lru_needs(accesses)
     infinite = needed <= n
     weights = accesses.tokens
     prompt_total = max(accesses.prompt_tokens, 1)
