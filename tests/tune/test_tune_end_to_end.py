@@ -149,6 +149,12 @@ def test_tune_cli_writes_a_policy_file_the_simulator_loads(windows, tmp_path):
     assert policy.name in ("learned", "lmetric", "least-request")
     data = json.loads(payload.read_text())
     assert data["validation"][0]["policy"] == "learned"
+    headroom = data["prefill_headroom"]
+    assert headroom["window"] == "validation" and set(headroom["hit_rates"]) >= {
+        "learned",
+        "lmetric",
+    }
+    assert max(headroom["hit_rates"].values()) <= headroom["optimal_token_hit_rate"]
     html = report.read_text()
     assert "<svg" in html and "SLO attainment vs rate" in html
 

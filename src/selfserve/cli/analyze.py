@@ -172,15 +172,16 @@ def handle(args: argparse.Namespace) -> int:
 
 def _cache_headroom(workload: Workload, cluster: str):
     """The pooled-cache bound for `cluster`'s total KV memory (None without hashes)."""
-    from selfserve.sim.cluster import ClusterSpec, ClusterSpecError
+    from selfserve.sim.cluster import ClusterSpecError
+    from selfserve.tune.headroom import pooled_kv_tokens
     from selfserve.workload.prefix_reuse import cache_headroom
 
     try:
-        _, infos = ClusterSpec.parse(cluster).build()
+        capacity_tokens = pooled_kv_tokens(cluster)
     except ClusterSpecError as exc:
         raise UserError(f"--cluster: {exc}") from None
     with err_console.status("bounding prefix-cache hits with the cluster's KV pooled …"):
-        return cache_headroom(list(workload.requests), sum(i.kv_capacity_tokens for i in infos))
+        return cache_headroom(list(workload.requests), capacity_tokens)
 
 
 def _served_outcomes(args: argparse.Namespace) -> list:

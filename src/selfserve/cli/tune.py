@@ -312,6 +312,9 @@ def _print_summary(result, doc: dict, out: Path, wall_s: float) -> None:
     note = class_note(result)
     if note:
         console.print(f"[dim]{note}[/]")
+    if result.headroom is not None:
+        winner = result.winner_doc.get("name") if result.winner_is_anchor else result.WINNER
+        console.print(f"[dim]{result.headroom.note(winner, result.best_anchor)}[/]")
     gain = result.gains.get(result.best_anchor)
     if gain is not None and math.isfinite(gain.ratio):
         console.print(
@@ -363,5 +366,6 @@ def _json_payload(result, doc: dict) -> dict:
         },
         "interrupted": result.interrupted,
         "validated": result.validated,
+        "prefill_headroom": result.headroom.to_dict() if result.headroom else None,
         "notes": result.notes,
     }

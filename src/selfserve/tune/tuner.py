@@ -31,6 +31,7 @@ from selfserve.policy.expression import EXPRESSION_ANCHORS, anchor_document
 from selfserve.sim import ClusterSpec
 from selfserve.tune.cmaes import ConstantTuner
 from selfserve.tune.feasibility import RequestClasses, classify
+from selfserve.tune.headroom import PrefillHeadroom, pooled_kv_tokens, prefill_headroom
 from selfserve.tune.objective import FEASIBLE_OBJECTIVES, OBJECTIVES, EvalPlan, Evaluation
 from selfserve.tune.pool import CachedEvaluator, Evaluator, make_evaluator
 from selfserve.tune.proposer import LLMProposer
@@ -157,6 +158,8 @@ class TuneResult:
     long_floor: float = 0.0  # the guard used in search (0: none)
     p99_limit_s: float = 0.0  # the guard's p99 TTFT limit (0: none)
     finalise_reserve_s: float = 0.0  # budget kept back for re-scoring the shortlist
+    # Prefix hits at capacity on validation vs the pooled-cache limit (None: no hashes).
+    headroom: PrefillHeadroom | None = None
 
     WINNER = WINNER
 
@@ -263,6 +266,7 @@ def tune(
         sub_scores: dict[str, list[float]] = {}
         curves: dict[str, list[tuple[float, float]]] = {}
         gains: dict[str, Gain] = {}
+        headroom: PrefillHeadroom | None = None
         try:
             validation, sub_scores, curves = Validation(
                 evaluator,
@@ -274,6 +278,10 @@ def tune(
             ).run(winner_doc, anchors, len(pieces))
             gains = compute_gains(validation, sub_scores, anchors, config)
             validated = True
+            state._emit("validate", "bounding the prefix-cache hits any router could reach")
+            headroom = prefill_headroom(
+                validate, pooled_kv_tokens(cluster), validation, "validation"
+            )
         except KeyboardInterrupt:
             interrupted = True
             state.notes.append("validation interrupted (Ctrl-C): no validation evidence")
@@ -307,6 +315,7 @@ def tune(
         long_floor=state.long_floor,
         p99_limit_s=state.p99_limit_s,
         finalise_reserve_s=state.reserve_s,
+        headroom=headroom,
     )
 
 
