@@ -160,3 +160,14 @@ def test_bootstrap_interval_brackets_a_consistent_gain():
     assert 1.2 <= gain.low and gain.high <= 1.3
     noisy = bootstrap_ratio([0.8, 1.3, 0.9, 1.4, 1.0, 1.2], theirs, seed=1)
     assert noisy.low < 1.0 < noisy.high  # not significant
+
+
+def test_cache_seed_is_lmetric_with_a_weight_cma_es_can_tune():
+    from selfserve.policy.expression_simplify import simplify
+    from selfserve.tune.tuner import CACHE_SEED
+
+    seed = candidate_from_document({"score": CACHE_SEED})
+    assert constants(seed.tree) == [2.0, 1.0]  # the weight on the uncached prompt, then +1
+    lmetric = candidate_from_document(anchor_document("lmetric"))
+    at_one = Candidate(simplify(with_constants(seed.tree, [1.0, 1.0])))
+    assert at_one.text == lmetric.text

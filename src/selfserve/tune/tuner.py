@@ -55,6 +55,15 @@ LINEAR_SEED = (
     " + 0.001 * max(total_prompt_tokens - prefix_hit_tokens, 0)"
 )
 
+# lmetric with the request's own uncached prompt weighted: a replica that holds the prefix
+# also spares the prefill of the requests queued behind this one, which lmetric's greedy
+# wait estimate does not count. CMA-ES tunes the weight (Mooncake synthetic's winner found
+# 2.6 by structural search; docs/tune-results.md).
+CACHE_SEED = (
+    "(queued_prefill_tokens + 2 * max(total_prompt_tokens - prefix_hit_tokens, 0))"
+    " * (in_flight_requests + 1)"
+)
+
 # A seed shaped like an estimate of this request's wait: prefill work queued ahead of it
 # plus its own uncached prompt, plus a charge for the decode load it will share.
 WORK_SEED = (
@@ -432,6 +441,7 @@ class _SearchState:
         ]
         seeds.append(candidate_from_document({"score": LINEAR_SEED}, origin="seed:linear"))
         seeds.append(candidate_from_document({"score": WORK_SEED}, origin="seed:work"))
+        seeds.append(candidate_from_document({"score": CACHE_SEED}, origin="seed:cache"))
         seeds.extend(self._lane_seeds(seeds))
         self._evaluate_batch(seeds)
 
