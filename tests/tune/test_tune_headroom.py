@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from selfserve.sim import SLO, simulate
-from selfserve.tune.headroom import pooled_kv_tokens, prefill_headroom
+from selfserve.sim.cluster import ClusterSpec
+from selfserve.tune.headroom import prefill_headroom
 from selfserve.tune.objective import Evaluation, Probe
 from selfserve.workload.embedded import load_embedded
 from selfserve.workload.prefix_reuse import cache_headroom
@@ -18,7 +19,7 @@ SLO_ = SLO.parse("ttft=2s,tpot=100ms")
 def test_no_router_finds_more_cached_than_belady_on_the_pooled_memory(policy):
     workload = load_embedded("mooncake-conversation-10min")
     cluster = "2xh100/llama-3.1-8b:num_gpu_blocks_override=20000"  # 640k KV tokens
-    bound = cache_headroom(list(workload.requests), pooled_kv_tokens(cluster))
+    bound = cache_headroom(list(workload.requests), ClusterSpec.parse(cluster).kv_capacity_tokens())
     hit = simulate(workload, cluster, policy, rate_scale=1.0, seed=0, slo=SLO_).summary(SLO_)
     assert 0.0 < hit["prefix_hit_rate"] <= bound.optimal_token_hit_rate
     assert bound.optimal_token_hit_rate < bound.infinite_token_hit_rate  # memory binds here

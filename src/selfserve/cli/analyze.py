@@ -172,12 +172,11 @@ def handle(args: argparse.Namespace) -> int:
 
 def _cache_headroom(workload: Workload, cluster: str):
     """The pooled-cache bound for `cluster`'s total KV memory (None without hashes)."""
-    from selfserve.sim.cluster import ClusterSpecError
-    from selfserve.tune.headroom import pooled_kv_tokens
+    from selfserve.sim.cluster import ClusterSpec, ClusterSpecError
     from selfserve.workload.prefix_reuse import cache_headroom
 
     try:
-        capacity_tokens = pooled_kv_tokens(cluster)
+        capacity_tokens = ClusterSpec.parse(cluster).kv_capacity_tokens()
     except ClusterSpecError as exc:
         raise UserError(f"--cluster: {exc}") from None
     with err_console.status("bounding prefix-cache hits with the cluster's KV pooled …"):

@@ -124,6 +124,10 @@ class ClusterSpec:
     def label(self) -> str:
         return " + ".join(g.label for g in self.groups)
 
+    def kv_capacity_tokens(self) -> int:
+        """Every replica's KV-cache tokens, summed (as the engines size them)."""
+        return sum(info.kv_capacity_tokens for info in self.build()[1])
+
     def with_engine(self, **overrides: Any) -> ClusterSpec:
         """The same cluster with engine arguments overridden in every group."""
         return ClusterSpec(

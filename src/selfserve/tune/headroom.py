@@ -57,13 +57,6 @@ class PrefillHeadroom:
         )
 
 
-def pooled_kv_tokens(cluster) -> int:
-    """Every replica's KV-cache tokens, summed (a cluster spec, shorthand or YAML path)."""
-    from selfserve.sim.cluster import ClusterSpec
-
-    return sum(info.kv_capacity_tokens for info in ClusterSpec.parse(cluster).build()[1])
-
-
 def prefill_headroom(
     workload, capacity_tokens: int, evaluations: Mapping[str, Evaluation], window: str
 ) -> PrefillHeadroom | None:

@@ -31,7 +31,7 @@ from selfserve.policy.expression import EXPRESSION_ANCHORS, anchor_document
 from selfserve.sim import ClusterSpec
 from selfserve.tune.cmaes import ConstantTuner
 from selfserve.tune.feasibility import RequestClasses, classify
-from selfserve.tune.headroom import PrefillHeadroom, pooled_kv_tokens, prefill_headroom
+from selfserve.tune.headroom import PrefillHeadroom, prefill_headroom
 from selfserve.tune.objective import FEASIBLE_OBJECTIVES, OBJECTIVES, EvalPlan, Evaluation
 from selfserve.tune.pool import CachedEvaluator, Evaluator, make_evaluator
 from selfserve.tune.proposer import LLMProposer
@@ -289,7 +289,7 @@ def tune(
             validated = True
             state._emit("validate", "bounding the prefix-cache hits any router could reach")
             headroom = prefill_headroom(
-                validate, pooled_kv_tokens(cluster), validation, "validation"
+                validate, ClusterSpec.parse(cluster).kv_capacity_tokens(), validation, "validation"
             )
         except KeyboardInterrupt:
             interrupted = True

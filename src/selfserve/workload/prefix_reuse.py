@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
@@ -201,13 +201,7 @@ class CacheHeadroom:
     infinite_token_hit_rate: float
 
     def to_dict(self) -> dict[str, float | int]:
-        return {
-            "capacity_tokens": self.capacity_tokens,
-            "capacity_blocks": self.capacity_blocks,
-            "lru_token_hit_rate": self.lru_token_hit_rate,
-            "optimal_token_hit_rate": self.optimal_token_hit_rate,
-            "infinite_token_hit_rate": self.infinite_token_hit_rate,
-        }
+        return asdict(self)
 
 
 def cache_headroom(requests: list[Request], capacity_tokens: int) -> CacheHeadroom | None:
@@ -237,10 +231,11 @@ def _belady_token_hits(accesses: _Accesses, capacity: int) -> float:
     tokens = accesses.tokens.tolist()
     n = len(hashes)
     bounds = [0] + [i for i in range(1, n) if owner[i] != owner[i - 1]] + [n]
+    spans = list(zip(bounds, bounds[1:], strict=False))  # each request's references
     # next_use[i]: the next request that references block i's hash (inf: none)
     next_use = [math.inf] * n
     seen_in: dict[int, float] = {}
-    for lo, hi in zip(bounds[-2::-1], bounds[:0:-1], strict=True):
+    for lo, hi in reversed(spans):
         for i in range(lo, hi):
             next_use[i] = seen_in.get(hashes[i], math.inf)
         for i in range(lo, hi):
@@ -248,7 +243,7 @@ def _belady_token_hits(accesses: _Accesses, capacity: int) -> float:
     cached: dict[int, float] = {}  # hash -> its next use
     heap: list[tuple[float, int, int]] = []  # (-next use, -depth, hash); stale entries skipped
     hits = 0.0
-    for lo, hi in zip(bounds, bounds[1:], strict=False):
+    for lo, hi in spans:
         i = lo
         while i < hi and hashes[i] in cached:
             hits += tokens[i]
