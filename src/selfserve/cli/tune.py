@@ -324,7 +324,8 @@ def _print_summary(result, doc: dict, out: Path, wall_s: float) -> None:
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {note}")
     console.print(
-        f"{result.evaluations} evaluations ({result.rejected} rejected); budget "
+        f"{result.evaluations} evaluations ({result.confirmations} confirming search "
+        f"estimates, {result.rejected} rejected); budget "
         f"{result.config.budget_s:.0f} s, used {result.search_s:.0f} s up to the winner "
         f"(anchors, search, {result.finalise_reserve_s:.0f} s kept for the final re-scoring); "
         f"validation {result.validation_s:.0f} s, total {wall_s:.0f} s; policy file: {out}"
@@ -353,6 +354,7 @@ def _json_payload(result, doc: dict) -> dict:
             for p in result.history
         ],
         "evaluations": result.evaluations,
+        "confirmations": result.confirmations,
         "rejected": result.rejected,
         "proposer_rejected": [{"text": t, "why": w} for t, w in result.proposer_rejected],
         "search_s": result.search_s,

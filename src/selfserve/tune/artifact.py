@@ -79,6 +79,7 @@ def policy_document(
             "validation_s": round(result.validation_s, 1),
             "seed": config.seed,
             "evaluations": result.evaluations,
+            "confirmations": result.confirmations,
             "rejected_candidates": result.rejected,
             "strategies": ["cma-es", "structural"]
             + (["llm-proposer"] if config.proposer_url else []),

@@ -325,9 +325,13 @@ class Population:
     capacity: int = 12
     members: list[tuple[float, Candidate]] = field(default_factory=list)
 
-    def offer(self, score: float, candidate: Candidate) -> None:
+    def offer(self, score: float, candidate: Candidate, *, rescore: bool = False) -> None:
+        """Add `candidate` unless a member has its text; with `rescore`, a member with its
+        text takes `score` (an exact score replacing an estimate)."""
         text = candidate.text
-        if any(member.text == text for _, member in self.members):
+        if rescore:
+            self.members = [(s, m) for s, m in self.members if m.text != text]
+        elif any(member.text == text for _, member in self.members):
             return
         self.members.append((score, candidate))
         self.members.sort(key=lambda item: -item[0])
