@@ -132,3 +132,28 @@ def test_a_rescored_population_member_takes_its_exact_score():
     assert [(s, m.text) for s, m in population.members] == [(2.0, a.text), (1.5, b.text)]
     population.offer(1.0, a, rescore=True)
     assert [(s, m.text) for s, m in population.members] == [(1.5, b.text), (1.0, a.text)]
+
+
+class _PlanRecorder(_NoisyEvaluator):
+    def __init__(self) -> None:
+        super().__init__()
+        self.anchor_plans: list[tuple[str, int]] = []
+
+    def submit(self, key, doc, plan) -> Future:
+        if isinstance(doc, str):
+            self.anchor_plans.append((key, plan.smooth_points))
+        return super().submit(key, doc, plan)
+
+
+def test_the_bar_is_measured_like_the_candidates_it_is_compared_with():
+    """Searching on the whole training window, the anchors' exact pass is the bar: it is
+    smoothed like every candidate's exact score, not a bisection's estimate."""
+    trace = load_embedded("mooncake-conversation-10min")
+    train, validate = window(trace, "0s:45s"), window(trace, "45s:90s")
+    evaluator = _PlanRecorder()
+    config = TuneConfig(budget_s=0.3, workers=1, anchors=("lmetric", "least-kv"), shortlist=2)
+    tune(train, validate, "2xh200/llama-3.1-8b", SLO(), config, evaluator=evaluator)
+    on_search = [points for key, points in evaluator.anchor_plans if key == "search"]
+    # the coarse pass (4 simulations, unsmoothed), then the exact pass, smoothed
+    assert on_search.count(config.smooth_points) == 2
+    assert on_search.count(0) == 2
