@@ -157,3 +157,47 @@ def test_the_bar_is_measured_like_the_candidates_it_is_compared_with():
     # the coarse pass (4 simulations, unsmoothed), then the exact pass, smoothed
     assert on_search.count(config.smooth_points) == 2
     assert on_search.count(0) == 2
+
+
+def test_an_estimate_is_confirmed_only_when_it_beats_the_best_estimate_like_with_like():
+    """Estimates are optimistic: held against the best's exact score, every near-copy of
+    the best would be re-scored. The bar is the best's own estimate, capped at the search
+    resolution above its exact score (a lucky best must not block everything after it)."""
+    best = _scored("queued_prefill_tokens", 1.4, confirmed=True)
+    state = _state(3, best)
+    assert state._is_challenger(_scored("in_flight_requests", 0.1))  # no best yet
+    state.best = best
+    state.best_estimate = _scored("queued_prefill_tokens", 1.5)
+    assert not state._is_challenger(_scored("in_flight_requests", 1.43))  # only the bias
+    assert state._is_challenger(_scored("in_flight_requests", 1.55))
+    state.best_estimate = _scored("queued_prefill_tokens", 1.9)  # a lucky best
+    ceiling = 1.4 * (1 + state.config.search_rel_tol)
+    assert not state._is_challenger(_scored("in_flight_requests", ceiling - 0.01))
+    assert state._is_challenger(_scored("in_flight_requests", ceiling + 0.01))
+
+
+class _OptimisticEvaluator(_NoisyEvaluator):
+    """Every other candidate estimates 1.42 (above the best's exact 1.4, below its 1.5
+    estimate and the 3 % resolution above 1.4) and is worth 1.3."""
+
+    def submit(self, key, doc, plan) -> Future:
+        if isinstance(doc, dict) and doc.get("score") not in self.TRUE and "score" in doc:
+            exact = plan.smooth_points > 0
+            future: Future = Future()
+            future.set_result(_evaluation(1.3 if exact else 1.42, exact))
+            return future
+        return super().submit(key, doc, plan)
+
+
+def test_near_copies_of_the_best_that_only_share_its_optimism_are_not_confirmed():
+    trace = load_embedded("mooncake-conversation-10min")
+    train, validate = window(trace, "0s:45s"), window(trace, "45s:90s")
+    evaluator = _OptimisticEvaluator()
+    config = TuneConfig(
+        budget_s=0.3, workers=1, anchors=("lmetric", "least-kv"), bootstrap_windows=2
+    )
+    result = tune(train, validate, "2xh200/llama-3.1-8b", SLO(), config, evaluator=evaluator)
+    assert result.evaluations > 20  # the search ran rounds of candidates estimating 1.42
+    # the seeds' best two (lucky least-kv 2.0, lmetric 1.5 -> 1.4) and nothing after them
+    assert result.confirmations == 2
+    assert result.history[-1].best_text == LMETRIC
