@@ -44,7 +44,7 @@ from selfserve.tune.search_space import (
     with_lane,
 )
 from selfserve.tune.stats import Gain
-from selfserve.tune.validation import WINNER, Validation
+from selfserve.tune.validation import WINNER, Validation, guard_notes
 from selfserve.tune.validation import gains as compute_gains
 from selfserve.tune.windows import cut, fingerprint, sub_windows
 
@@ -296,6 +296,7 @@ def tune(
                 state._emit,
             ).run(winner_doc, anchors, len(pieces))
             gains = compute_gains(validation, sub_scores, anchors, config)
+            state.notes.extend(guard_notes(validation, state.best_anchor, config))
             validated = True
             state._emit("validate", "bounding the prefix-cache hits any router could reach")
             headroom = prefill_headroom(

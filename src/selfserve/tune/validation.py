@@ -16,7 +16,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, as_completed, wait
 from dataclasses import dataclass, replace
 from typing import Any
 
-from selfserve.tune.objective import EvalPlan, Evaluation
+from selfserve.tune.objective import FEASIBLE_OBJECTIVES, EvalPlan, Evaluation
 from selfserve.tune.pool import Evaluator
 from selfserve.tune.stats import Gain, bootstrap_ratio
 
@@ -167,3 +167,30 @@ def _ratio(mine: float, theirs: float, objective: str) -> float:
     if objective == "cost":
         return (-theirs) / (-mine) if mine < 0 else math.nan
     return mine / theirs if theirs > 0 else math.nan
+
+
+def guard_notes(validation: Mapping[str, Evaluation], best_anchor: str, config) -> list[str]:
+    """Where the learned policy, which met the guards on training, breaks them on
+    validation against the best training anchor (each at its own validation capacity):
+    the guards are measured on training, and a user deciding to deploy should see when
+    they did not carry over."""
+    winner, anchor = validation.get(WINNER), validation.get(best_anchor)
+    if winner is None or anchor is None or config.objective not in FEASIBLE_OBJECTIVES:
+        return []
+    notes = []
+    floor = anchor.long_attainment - config.guard_margin
+    if winner.long_attainment < floor:  # False when either is NaN
+        notes.append(
+            f"on validation the long prompts lose more than the guard allows: "
+            f"{winner.long_attainment:.1%} attainment under the learned policy vs "
+            f"{anchor.long_attainment:.1%} under {best_anchor} (guard margin "
+            f"{config.guard_margin:.0%}; it held on training)"
+        )
+    limit_s = config.tail_factor * anchor.p99_ttft_s
+    if config.tail_factor > 0 and winner.p99_ttft_s > limit_s:
+        notes.append(
+            f"on validation the learned policy's p99 TTFT is {winner.p99_ttft_s:.1f} s vs "
+            f"{anchor.p99_ttft_s:.1f} s under {best_anchor}: more than the tail guard's "
+            f"{config.tail_factor:g}x (it held on training)"
+        )
+    return notes
