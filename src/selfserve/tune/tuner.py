@@ -635,15 +635,7 @@ class _SearchState:
         """Re-score the best few challengers exactly on the search window (the same plan as
         the final re-scoring) and let a confirmed score, not a lucky estimate, be the best."""
         top = sorted(challengers, key=_rank_key, reverse=True)[: self.config.confirm_per_round]
-        plan = self._exact_plan(self.reference_rate)
-        futures = {
-            self.evaluator.submit(
-                "search",
-                s.candidate.document(),
-                replace(plan, start_rate=s.evaluation.capacity or plan.start_rate),
-            ): s
-            for s in top
-        }
+        futures = self._submit_exact("search", top, self._exact_plan(self.reference_rate))
         for future in _completed_by(futures, deadline):
             item = futures[future]
             evaluation = future.result()
@@ -663,6 +655,20 @@ class _SearchState:
                 self._new_best(confirmed)
                 self.best_estimate = item
             self._emit("search", f"round {self.rounds}: confirmed {evaluation.score:.4g}")
+
+    def _submit_exact(
+        self, key: str, items: Sequence[Scored], plan: EvalPlan
+    ) -> dict[Future, Scored]:
+        """Exact scores of `items` on window `key`, each starting from its own search
+        estimate: fewer bracket steps than starting everyone at the anchor's rate."""
+        return {
+            self.evaluator.submit(
+                key,
+                s.candidate.document(),
+                replace(plan, start_rate=s.evaluation.capacity or plan.start_rate),
+            ): s
+            for s in items
+        }
 
     def _new_best(self, scored: Scored) -> None:
         self.best = scored
@@ -737,16 +743,7 @@ class _SearchState:
             for name in self._train_anchors()
             if name not in self.train_exact
         }
-        # Each candidate starts from its own search estimate: fewer bracket steps than
-        # starting everyone at the anchor's rate.
-        futures = {
-            self.evaluator.submit(
-                "train",
-                s.candidate.document(),
-                replace(plan, start_rate=s.evaluation.capacity or plan.start_rate),
-            ): s
-            for s in ranked
-        }
+        futures = self._submit_exact("train", ranked, plan)
         self._emit("final", f"re-scoring the best {len(ranked)} on the full training window")
         exact: list[Scored] = []
         for future in as_completed(futures):
