@@ -177,6 +177,8 @@ def test_bad_windows_and_budget_are_user_errors(capsys):
     assert "later window" in printed()
     assert main([*base, "--budget", "soon"]) == 2
     assert "--budget" in printed()
+    assert main([*base, "--confirm-per-round", "-1"]) == 2
+    assert "--confirm-per-round" in printed()
 
 
 @pytest.mark.skipif(

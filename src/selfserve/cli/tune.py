@@ -83,6 +83,13 @@ def register(subparsers) -> None:
         "no limit)",
     )
     parser.add_argument(
+        "--confirm-per-round",
+        type=int,
+        default=2,
+        help="re-score at most this many search estimates per round exactly before one becomes "
+        "the best (default 2; 0: the best is the best estimate, faster but optimistic)",
+    )
+    parser.add_argument(
         "--ci-anchors",
         type=int,
         default=2,
@@ -204,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
         guard_margin=args.guard_margin,
         tail_factor=args.tail_factor,
         ci_anchors=args.ci_anchors,
+        confirm_per_round=args.confirm_per_round,
     )
     console.print(
         f"tuning on {len(train)} requests ({args.train}), validating on {len(validate)} ({args.validate}); "

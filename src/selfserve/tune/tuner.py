@@ -127,7 +127,9 @@ class TuneConfig:
         if self.smooth_points < 0 or self.smooth_points in (1, 2):
             raise TuneError(f"smooth_points must be 0 or at least 3, got {self.smooth_points}")
         if self.confirm_per_round < 0:
-            raise TuneError(f"confirm_per_round must be >= 0, got {self.confirm_per_round}")
+            raise TuneError(
+                f"confirm_per_round (--confirm-per-round) must be >= 0, got {self.confirm_per_round}"
+            )
         if bool(self.proposer_url) != bool(self.proposer_model):
             raise TuneError("--proposer-url and --proposer-model go together")
 
