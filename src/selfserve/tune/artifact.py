@@ -80,6 +80,7 @@ def policy_document(
             "seed": config.seed,
             "evaluations": result.evaluations,
             "confirmations": result.confirmations,
+            "confirm_per_round": config.confirm_per_round,
             "rejected_candidates": result.rejected,
             "strategies": ["cma-es", "structural"]
             + (["llm-proposer"] if config.proposer_url else []),
