@@ -623,9 +623,9 @@ class _SearchState:
         across a 12 % rate step), so against the best's exact score nearly every near-copy
         CMA-ES proposes looked better, and confirming them took most of the search's time
         (Mooncake conversation x6: 114 of 565 evaluations, each ~12 simulations against an
-        estimate's 2, for 3 new bests). A best whose own estimate was lucky must not block every later
-        candidate, so an estimate more than the search's resolution above the best's exact
-        score is confirmed too."""
+        estimate's 2, for 3 new bests). A best whose own estimate was lucky must not block
+        every later candidate, so an estimate more than the search's resolution above the
+        best's exact score is confirmed too."""
         if self.best is None:
             return True
         if self.best_estimate is None:
