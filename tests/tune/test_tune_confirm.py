@@ -6,12 +6,14 @@ from __future__ import annotations
 import random
 from concurrent.futures import Future
 
+import pytest
+
 from selfserve.policy.expression import anchor_document
 from selfserve.sim import SLO
 from selfserve.tune.objective import Evaluation
 from selfserve.tune.pool import Evaluator
 from selfserve.tune.search_space import Candidate, Population, candidate_from_document
-from selfserve.tune.tuner import TuneConfig, TuneResult, _SearchState, tune
+from selfserve.tune.tuner import TuneConfig, TuneError, TuneResult, _SearchState, tune
 from selfserve.tune.windows import window
 from selfserve.workload.embedded import load_embedded
 
@@ -89,9 +91,9 @@ def _scored(text: str, score: float, confirmed: bool = False):
     return Scored(candidate, _evaluation(score, confirmed), score, confirmed=confirmed)
 
 
-def _state(shortlist: int, *scored) -> _SearchState:
+def _state(shortlist: int, *scored, confirm_bar: str = "exact") -> _SearchState:
     state = _SearchState(
-        config=TuneConfig(shortlist=shortlist),
+        config=TuneConfig(shortlist=shortlist, confirm_bar=confirm_bar),
         evaluator=_NoisyEvaluator(),
         rng=random.Random(0),
         notify=lambda event: None,
@@ -159,12 +161,22 @@ def test_the_bar_is_measured_like_the_candidates_it_is_compared_with():
     assert on_search.count(0) == 2
 
 
-def test_an_estimate_is_confirmed_only_when_it_beats_the_best_estimate_like_with_like():
+def test_by_default_an_estimate_is_confirmed_when_it_beats_the_best_exact_score():
+    best = _scored("queued_prefill_tokens", 1.4, confirmed=True)
+    state = _state(3, best)
+    state.best = best
+    state.best_estimate = _scored("queued_prefill_tokens", 1.5)
+    assert state.config.confirm_bar == "exact"
+    assert state._is_challenger(_scored("in_flight_requests", 1.43))
+    assert not state._is_challenger(_scored("in_flight_requests", 1.39))
+
+
+def test_with_the_estimate_bar_an_estimate_must_beat_the_best_estimate_like_with_like():
     """Estimates are optimistic: held against the best's exact score, every near-copy of
     the best would be re-scored. The bar is the best's own estimate, capped at the search
     resolution above its exact score (a lucky best must not block everything after it)."""
     best = _scored("queued_prefill_tokens", 1.4, confirmed=True)
-    state = _state(3, best)
+    state = _state(3, best, confirm_bar="estimate")
     assert state._is_challenger(_scored("in_flight_requests", 0.1))  # no best yet
     state.best = best
     state.best_estimate = _scored("queued_prefill_tokens", 1.5)
@@ -189,15 +201,35 @@ class _OptimisticEvaluator(_NoisyEvaluator):
         return super().submit(key, doc, plan)
 
 
-def test_near_copies_of_the_best_that_only_share_its_optimism_are_not_confirmed():
+def _optimistic_run(confirm_bar: str) -> TuneResult:
     trace = load_embedded("mooncake-conversation-10min")
     train, validate = window(trace, "0s:45s"), window(trace, "45s:90s")
     evaluator = _OptimisticEvaluator()
     config = TuneConfig(
-        budget_s=0.3, workers=1, anchors=("lmetric", "least-kv"), bootstrap_windows=2
+        budget_s=0.3,
+        workers=1,
+        anchors=("lmetric", "least-kv"),
+        bootstrap_windows=2,
+        confirm_bar=confirm_bar,
     )
-    result = tune(train, validate, "2xh200/llama-3.1-8b", SLO(), config, evaluator=evaluator)
+    return tune(train, validate, "2xh200/llama-3.1-8b", SLO(), config, evaluator=evaluator)
+
+
+def test_with_the_estimate_bar_near_copies_that_only_share_the_best_optimism_are_not_confirmed():
+    result = _optimistic_run("estimate")
     assert result.evaluations > 20  # the search ran rounds of candidates estimating 1.42
     # the seeds' best two (lucky least-kv 2.0, lmetric 1.5 -> 1.4) and nothing after them
     assert result.confirmations == 2
     assert result.history[-1].best_text == LMETRIC
+
+
+def test_with_the_exact_bar_optimistic_estimates_are_confirmed_and_never_stand():
+    result = _optimistic_run("exact")
+    assert result.confirmations > 2  # near-copies estimating 1.42 beat the exact 1.4
+    assert result.history[-1].best_text == LMETRIC  # confirmed at 1.3, none stands
+    assert max(point.best_score for point in result.history) == 1.4
+
+
+def test_an_unknown_confirm_bar_is_an_error_naming_the_valid_ones():
+    with pytest.raises(TuneError, match="exact, estimate"):
+        TuneConfig(confirm_bar="lucky").check()

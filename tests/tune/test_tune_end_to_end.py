@@ -142,6 +142,7 @@ def test_tune_cli_writes_a_policy_file_the_simulator_loads(windows, tmp_path):
     assert set(evidence["gains"]) == {"least-request", "lmetric"}
     assert evidence["search"]["budget_s"] == 2.0 and evidence["search"]["seed"] == 0
     assert evidence["search"]["confirm_per_round"] == 2
+    assert evidence["search"]["confirm_bar"] == "exact"
     assert evidence["slo"] == SLO.parse(LOOSE_SLO).label and evidence["cluster"] == CLUSTER
     policy = make_policy(str(out))
     _, validate = windows

@@ -90,6 +90,13 @@ def register(subparsers) -> None:
         "the best (default 2; 0: the best is the best estimate, faster but optimistic)",
     )
     parser.add_argument(
+        "--confirm-bar",
+        choices=("exact", "estimate"),
+        default="exact",
+        help="what an estimate must beat to be re-scored: the best's exact score (default) or "
+        "the best's own estimate (more candidates, fewer confirmations)",
+    )
+    parser.add_argument(
         "--ci-anchors",
         type=int,
         default=2,
@@ -212,6 +219,7 @@ def run(args: argparse.Namespace) -> int:
         tail_factor=args.tail_factor,
         ci_anchors=args.ci_anchors,
         confirm_per_round=args.confirm_per_round,
+        confirm_bar=args.confirm_bar,
     )
     console.print(
         f"tuning on {len(train)} requests ({args.train}), validating on {len(validate)} ({args.validate}); "

@@ -81,6 +81,7 @@ def policy_document(
             "evaluations": result.evaluations,
             "confirmations": result.confirmations,
             "confirm_per_round": config.confirm_per_round,
+            "confirm_bar": config.confirm_bar,
             "rejected_candidates": result.rejected,
             "strategies": ["cma-es", "structural"]
             + (["llm-proposer"] if config.proposer_url else []),
