@@ -12,7 +12,9 @@ from selfserve.tune.objective import (
     SMOOTH_GRID_STEP,
     EvalPlan,
     Probe,
+    _closest_passing,
     _extrapolate,
+    figures_at_capacity,
     search_capacity,
     smooth_capacity,
 )
@@ -94,3 +96,43 @@ def test_smoothing_keeps_the_estimate_when_the_margins_do_not_fall():
     flat = lambda rate: Probe(rate, 0.9 + 0.01 * math.sin(rate * 900.0), 1.0)  # noqa: E731
     span = (1 + SMOOTH_GRID_STEP) ** 3
     assert 1.0 / span - 1e-9 <= smooth_capacity(1.0, flat, 7) <= span + 1e-9
+
+
+def _steep_long_curve(rate: float) -> Probe:
+    """The wiggly curve, with the long prompts' attainment falling ~4 points per 1.5 % rate
+    step near capacity (lmetric on Mooncake conversation x12) and a p99 TTFT that rises
+    with the rate; each carries a wiggle like the simulator's."""
+    probe = _wiggly_curve(rate)
+    long = 0.78 - 2.7 * math.log(rate) + 0.01 * math.sin(rate * 900.0)
+    p99 = 10.0 * (1.0 + 3.0 * math.log(rate)) + 0.3 * math.sin(rate * 500.0)
+    return Probe(rate, probe.attainment, p99, {"long_attainment": long}, long_attainment=long)
+
+
+def test_figures_at_capacity_do_not_move_with_where_the_search_started():
+    """The long-prompt floor of a tune run is the best anchor's long attainment at its
+    capacity: read off the highest passing probe, it sits up to a grid step below capacity
+    and moved several points with the seed; read from a line through the smoothing grid
+    it stays where the curve crosses the capacity."""
+    at_probe, fitted, p99s = [], [], []
+    for start in (0.5, 0.8, 0.97, 1.3, 2.0):
+        plan = EvalPlan(start_rate=start, rel_tol=0.005, max_sims=40, smooth_points=7)
+        capacity, probes, exact = search_capacity(_steep_long_curve, plan)
+        p99, fields = figures_at_capacity(probes, capacity, exact, plan)
+        at_probe.append(_closest_passing(probes, capacity).long_attainment)
+        fitted.append(fields["long_attainment"])
+        p99s.append(p99)
+        true_long = 0.78 - 2.7 * math.log(capacity)
+        assert fields["long_attainment"] == pytest.approx(true_long, abs=0.01)
+        assert p99 == pytest.approx(10.0 * (1.0 + 3.0 * math.log(capacity)), abs=0.3)
+    assert max(fitted) - min(fitted) < 0.001
+    assert max(p99s) - min(p99s) < 0.01
+    assert max(at_probe) - min(at_probe) > 0.03  # the highest passing probe moves with it
+
+
+def test_figures_at_capacity_are_the_probes_own_without_smoothing():
+    plan = EvalPlan(start_rate=1.0, rel_tol=0.02, max_sims=20)
+    capacity, probes, exact = search_capacity(_steep_long_curve, plan)
+    p99, fields = figures_at_capacity(probes, capacity, exact, plan)
+    closest = _closest_passing(probes, capacity)
+    assert fields["long_attainment"] == closest.long_attainment and p99 == closest.p99_ttft_s
+    assert figures_at_capacity([Probe(1.0, 0.5, 1.0)], 1.0, True, plan) == (math.inf, {})
