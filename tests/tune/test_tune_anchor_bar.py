@@ -114,3 +114,59 @@ def test_the_validation_note_says_what_requests_no_replica_serves_in_time_pay():
     assert _infeasible_note(result, feasible_share=1.0) == ""  # nobody to speak of
     result.winner_is_anchor = True
     assert _infeasible_note(result, feasible_share=0.991) == ""
+
+
+class _GuardRecorder(_ScriptedEvaluator):
+    """Anchors keep 70 % of the long prompts at a 5 s p99 on the (busier) search window
+    and 80 % at 8 s on the whole training window; records the guards of every plan."""
+
+    FIGURES = {"search": (0.70, 5.0), "train": (0.80, 8.0), "validate": (0.80, 8.0)}
+
+    def __init__(self) -> None:
+        super().__init__({})
+        self.plans: list[tuple[str, str, float, float]] = []
+
+    def submit(self, key, doc, plan) -> Future:
+        super().submit(key, doc, plan)
+        window_key, name = key.split("#")[0], self.jobs[-1][1]
+        self.plans.append((window_key, name, plan.long_floor, plan.p99_limit_s))
+        long, p99 = self.FIGURES[window_key]
+        future: Future = Future()
+        future.set_result(
+            Evaluation(
+                score=0.1 if name == "expression" else 1.0,
+                objective="capacity",
+                capacity=1.0,
+                p99_ttft_s=p99,
+                probes=(),
+                is_exact=True,
+                long_attainment=long,
+            )
+        )
+        return future
+
+
+def test_the_shortlist_is_guarded_against_the_bar_on_the_window_it_is_scored_on():
+    """With the search on a part of the training window, the guards measured there are
+    absolute figures of that part; the shortlist re-scored on the whole window is held to
+    the best anchor's figures on the whole window, so the anchors are scored first."""
+    trace = load_embedded("mooncake-conversation-10min")
+    train, validate = window(trace, "0s:45s"), window(trace, "45s:90s")
+    evaluator = _GuardRecorder()
+    config = TuneConfig(
+        budget_s=0.5,
+        workers=1,
+        anchors=("lmetric", "least-kv"),
+        bootstrap_windows=2,
+        shortlist=2,
+        search_fraction=0.5,
+    )
+    result = tune(train, validate, "2xh200/llama-3.1-8b", SLO(), config, evaluator=evaluator)
+    searched = [p for p in evaluator.plans if p[0] == "search" and p[1] == "expression"]
+    assert searched and all(p[2:] == pytest.approx((0.65, 10.0)) for p in searched)
+    final = [i for i, p in enumerate(evaluator.plans) if p[0] == "train"]
+    shortlist = [i for i in final if evaluator.plans[i][1] == "expression"]
+    anchors = [i for i in final if evaluator.plans[i][1] != "expression"]
+    assert shortlist and anchors and max(anchors) < min(shortlist)
+    assert all(evaluator.plans[i][2:] == pytest.approx((0.75, 16.0)) for i in shortlist)
+    assert result.long_floor == pytest.approx(0.75) and result.p99_limit_s == pytest.approx(16.0)

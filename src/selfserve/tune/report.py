@@ -69,8 +69,9 @@ def class_note(result: TuneResult) -> str | None:
     text = CLASS_NOTE.format(threshold=classes.long_threshold_tokens, share=classes.feasible_share)
     if result.long_floor > 0:
         text += (
-            f"; the search required long-prompt attainment >= {result.long_floor:.1%} "
-            f"(the best anchor's on training minus {result.config.guard_margin:.0%})"
+            f"; on the training window the winner had to keep long-prompt attainment >= "
+            f"{result.long_floor:.1%} (the best anchor's there minus "
+            f"{result.config.guard_margin:.0%})"
         )
     if result.p99_limit_s > 0:
         text += (
