@@ -16,14 +16,17 @@ from selfserve.tune.windows import window
 from selfserve.workload.embedded import load_embedded
 
 
-def _evaluation(score: float, exact: bool = True) -> Evaluation:
+def _evaluation(
+    score: float, exact: bool = True, p99_ttft_s: float = 1.0, long_attainment: float = math.nan
+) -> Evaluation:
     return Evaluation(
         score=score,
         objective="capacity",
         capacity=score,
-        p99_ttft_s=1.0,
+        p99_ttft_s=p99_ttft_s,
         probes=(),
         is_exact=exact,
+        long_attainment=long_attainment,
     )
 
 
@@ -64,9 +67,22 @@ class _ScriptedEvaluator(Evaluator):
         return future
 
 
-def test_the_bar_is_the_best_anchor_on_the_whole_training_window_not_on_the_search_part():
+def _tune_with_a_search_window(evaluator: Evaluator) -> TuneResult:
+    """Two anchors, the search on the last half of the training window."""
     trace = load_embedded("mooncake-conversation-10min")
     train, validate = window(trace, "0s:45s"), window(trace, "45s:90s")
+    config = TuneConfig(
+        budget_s=0.5,
+        workers=1,
+        anchors=("lmetric", "least-kv"),
+        bootstrap_windows=2,
+        shortlist=2,
+        search_fraction=0.5,
+    )
+    return tune(train, validate, "2xh200/llama-3.1-8b", SLO(), config, evaluator=evaluator)
+
+
+def test_the_bar_is_the_best_anchor_on_the_whole_training_window_not_on_the_search_part():
     evaluator = _ScriptedEvaluator(
         {
             ("search", "lmetric"): 1.05,  # leads on the search window ...
@@ -77,15 +93,7 @@ def test_the_bar_is_the_best_anchor_on_the_whole_training_window_not_on_the_sear
             ("validate", "least-kv"): 1.12,
         }
     )
-    config = TuneConfig(
-        budget_s=0.5,
-        workers=1,
-        anchors=("lmetric", "least-kv"),
-        bootstrap_windows=2,
-        shortlist=2,
-        search_fraction=0.5,
-    )
-    result = tune(train, validate, "2xh200/llama-3.1-8b", SLO(), config, evaluator=evaluator)
+    result = _tune_with_a_search_window(evaluator)
     assert result.best_anchor == "least-kv"
     assert result.winner_doc == {"kind": "anchor", "name": "least-kv"}
     assert ("train", "least-kv") in evaluator.jobs and ("train", "lmetric") in evaluator.jobs
@@ -132,17 +140,8 @@ class _GuardRecorder(_ScriptedEvaluator):
         self.plans.append((window_key, name, plan.long_floor, plan.p99_limit_s))
         long, p99 = self.FIGURES[window_key]
         future: Future = Future()
-        future.set_result(
-            Evaluation(
-                score=0.1 if name == "expression" else 1.0,
-                objective="capacity",
-                capacity=1.0,
-                p99_ttft_s=p99,
-                probes=(),
-                is_exact=True,
-                long_attainment=long,
-            )
-        )
+        score = 0.1 if name == "expression" else 1.0
+        future.set_result(_evaluation(score, p99_ttft_s=p99, long_attainment=long))
         return future
 
 
@@ -150,18 +149,8 @@ def test_the_shortlist_is_guarded_against_the_bar_on_the_window_it_is_scored_on(
     """With the search on a part of the training window, the guards measured there are
     absolute figures of that part; the shortlist re-scored on the whole window is held to
     the best anchor's figures on the whole window, so the anchors are scored first."""
-    trace = load_embedded("mooncake-conversation-10min")
-    train, validate = window(trace, "0s:45s"), window(trace, "45s:90s")
     evaluator = _GuardRecorder()
-    config = TuneConfig(
-        budget_s=0.5,
-        workers=1,
-        anchors=("lmetric", "least-kv"),
-        bootstrap_windows=2,
-        shortlist=2,
-        search_fraction=0.5,
-    )
-    result = tune(train, validate, "2xh200/llama-3.1-8b", SLO(), config, evaluator=evaluator)
+    result = _tune_with_a_search_window(evaluator)
     searched = [p for p in evaluator.plans if p[0] == "search" and p[1] == "expression"]
     assert searched and all(p[2:] == pytest.approx((0.65, 10.0)) for p in searched)
     final = [i for i, p in enumerate(evaluator.plans) if p[0] == "train"]
