@@ -217,9 +217,9 @@ def evaluate(
                 wall_s=time.perf_counter() - started,
             )
         capacity, probes, exact = find_capacity(workload, cluster, policy_doc, slo, plan, classes)
-        at_capacity = _closest_passing(probes, capacity, plan.target)
         p99, fields = figures_at_capacity(probes, capacity, exact, plan)
         if plan.objective == "cost":
+            at_capacity = _closest_passing(probes, capacity, plan.target)
             cost = cost_of(at_capacity.summary) if at_capacity else math.inf
             score = -cost if math.isfinite(cost) else -1e30
         else:
@@ -296,16 +296,11 @@ def _fitted_at(
     the long-prompt floor of a tune run moved with the seed. `fallback` where fewer than
     three probes have a finite value."""
     points = [(math.log(p.rate), value) for p in grid if math.isfinite(value := value_of(p))]
-    if len(points) < 3:
+    line = _least_squares(points) if len(points) >= 3 else None
+    if line is None:
         return fallback
-    mean_x = sum(x for x, _ in points) / len(points)
-    mean_y = sum(y for _, y in points) / len(points)
-    sxx = sum((x - mean_x) ** 2 for x, _ in points)
-    if sxx <= 0.0:
-        return fallback
-    slope = sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
-    fitted = mean_y + slope * (math.log(capacity) - mean_x)
-    return min(max(fitted, low), high)
+    mean_x, mean_y, slope = line
+    return min(max(mean_y + slope * (math.log(capacity) - mean_x), low), high)
 
 
 def _closest_passing(
@@ -430,17 +425,23 @@ def smooth_capacity(
     first = centre - (points - 1) // 2
     xs = [(first + i) * log_step for i in range(points)]
     margins = [probe(math.exp(x)).margin(target) for x in xs]
-    mean_x, mean_m = sum(xs) / points, sum(margins) / points
-    sxx = sum((x - mean_x) ** 2 for x in xs)
-    slope = (
-        sum((x - mean_x) * (m - mean_m) for x, m in zip(xs, margins, strict=True)) / sxx
-        if sxx
-        else 0.0
-    )
-    if not slope < 0.0:
+    line = _least_squares(list(zip(xs, margins, strict=True)))
+    if line is None or not line[2] < 0.0:
         return estimate
+    mean_x, mean_m, slope = line
     root = mean_x - mean_m / slope
     return math.exp(min(max(root, xs[0]), xs[-1]))
+
+
+def _least_squares(points: list[tuple[float, float]]) -> tuple[float, float, float] | None:
+    """(mean x, mean y, slope) of the least-squares line through `points`; None when the
+    x values do not vary."""
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    sxx = sum((x - mean_x) ** 2 for x, _ in points)
+    if sxx <= 0.0:
+        return None
+    return mean_x, mean_y, sum((x - mean_x) * (y - mean_y) for x, y in points) / sxx
 
 
 def _extrapolate(probes: list[Probe], target: float) -> float:
