@@ -222,6 +222,13 @@ def _penalised(score: float, size: int, penalty: float) -> float:
     return score * (1.0 - factor) if score >= 0 else score * (1.0 + factor)
 
 
+def _score_text(item: Scored) -> str:
+    """A score as the bar sees it: after the complexity penalty, with the raw one beside."""
+    if item.penalised == item.evaluation.score:
+        return f"{item.evaluation.score:.4g}"
+    return f"{item.penalised:.4g} after the complexity penalty, {item.evaluation.score:.4g} raw"
+
+
 def _rank_key(item: Scored) -> tuple[float, float]:
     return (item.penalised, -item.evaluation.p99_ttft_s)
 
@@ -808,8 +815,7 @@ class _SearchState:
             self.notes.append(
                 f"no candidate beat the best anchor {self.best_anchor!r} on the training window "
                 f"by more than the {self.config.final_rel_tol:.0%} resolution of the capacity "
-                f"search ({top.evaluation.score:.4g} vs {anchor.score:.4g}); the result is "
-                "that anchor"
+                f"search ({_score_text(top)} vs {anchor.score:.4g}); the result is that anchor"
             )
             return self._anchor_result()
         self.train_exact[TuneResult.WINNER] = top.evaluation
