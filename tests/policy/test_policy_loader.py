@@ -153,7 +153,6 @@ def test_profile_filters_narrow_candidates_and_never_empty_them():
 
 
 def test_expression_documents_are_delegated_to_the_expression_language():
-    pytest.importorskip("selfserve.policy.expression", reason="helper G's expression module")
     policy = make_policy({"kind": "expression", "score": "in_flight_requests"})
     s = snap({"in_flight_requests": 4}, {"in_flight_requests": 1})
     assert policy.choose(s, random.Random(0)) == 1

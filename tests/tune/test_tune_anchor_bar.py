@@ -18,6 +18,7 @@ from selfserve.tune.tuner import (
     _penalised,
     _score_text,
     anchors_to_rescore,
+    best_anchor_of,
     tune,
 )
 from selfserve.tune.windows import window
@@ -65,11 +66,12 @@ def test_the_bar_note_gives_the_penalised_score_that_was_held_against_the_bar():
 
 
 class _ScriptedEvaluator(Evaluator):
-    """Capacities per (window, anchor) as if measured; every expression scores far below.
+    """Capacities (or capacity, p99 TTFT) per (window, anchor) as if measured; every
+    expression scores far below.
     It stands in for the simulator so that the test pins the tuner's choice of bar, which
     real anchors on CI-sized windows rarely rank differently on part and whole."""
 
-    def __init__(self, table: dict[tuple[str, str], float]):
+    def __init__(self, table: dict[tuple[str, str], float | tuple[float, float]]):
         self.table = table
         self.jobs: list[tuple[str, str]] = []
 
@@ -81,9 +83,10 @@ class _ScriptedEvaluator(Evaluator):
         else:
             name = "expression"
         self.jobs.append((key, name))
-        score = 0.1 if name == "expression" else self.table.get((key.split("#")[0], name), 1.0)
+        figures = 0.1 if name == "expression" else self.table.get((key.split("#")[0], name), 1.0)
+        score, p99 = figures if isinstance(figures, tuple) else (figures, 1.0)
         future: Future = Future()
-        future.set_result(_evaluation(score))
+        future.set_result(_evaluation(score, p99_ttft_s=p99))
         return future
 
 
@@ -121,6 +124,41 @@ def test_the_bar_is_the_best_anchor_on_the_whole_training_window_not_on_the_sear
     assert result.gains["least-kv"].ratio == pytest.approx(1.0)
     assert result.train[TuneResult.WINNER].score == pytest.approx(1.10)
     assert math.isfinite(result.validation[TuneResult.WINNER].score)
+
+
+def test_anchors_the_capacity_search_cannot_order_go_to_the_shorter_tail():
+    scores = {
+        "lmetric": _evaluation(2.00, p99_ttft_s=9.0),
+        "least-kv": _evaluation(1.97, p99_ttft_s=3.0),  # within 2 %: a tie, shorter tail
+        "random": _evaluation(1.50, p99_ttft_s=1.0),  # shortest tail, but clearly slower
+    }
+    assert best_anchor_of(scores, rel_tol=0.02) == "least-kv"
+    assert best_anchor_of(scores, rel_tol=0.01) == "lmetric"  # 1.5 % is no tie at 1 %
+    scores["least-kv"] = _evaluation(1.97, p99_ttft_s=math.nan)  # no tail measured: last
+    assert best_anchor_of(scores, rel_tol=0.02) == "lmetric"
+    # cost objective: scores are -$/M tokens, so "within 2 %" is above -cost x 1.02
+    costs = {"a": _evaluation(-1.00, p99_ttft_s=9.0), "b": _evaluation(-1.015, p99_ttft_s=2.0)}
+    assert best_anchor_of(costs, rel_tol=0.02) == "b"
+    costs["b"] = _evaluation(-1.03, p99_ttft_s=2.0)
+    assert best_anchor_of(costs, rel_tol=0.02) == "a"
+
+
+def test_a_tie_on_capacity_returns_the_shorter_tail_but_the_bar_stays_the_higher_score():
+    evaluator = _ScriptedEvaluator(
+        {
+            ("search", "lmetric"): (1.00, 9.0),
+            ("search", "least-kv"): (0.99, 3.0),
+            ("train", "lmetric"): (1.00, 9.0),
+            ("train", "least-kv"): (0.99, 3.0),
+            ("validate", "lmetric"): (1.00, 9.0),
+            ("validate", "least-kv"): (1.00, 3.0),
+        }
+    )
+    result = _tune_with_a_search_window(evaluator)
+    assert result.best_anchor == "least-kv"
+    assert result.winner_doc == {"kind": "anchor", "name": "least-kv"}
+    assert any("ties a higher score (1)" in note for note in result.notes)
+    assert any("vs 1); the result is that anchor" in note for note in result.notes)
 
 
 def test_the_validation_note_says_what_requests_no_replica_serves_in_time_pay():

@@ -143,6 +143,7 @@ def test_tune_cli_writes_a_policy_file_the_simulator_loads(windows, tmp_path):
     assert evidence["search"]["budget_s"] == 2.0 and evidence["search"]["seed"] == 0
     assert evidence["search"]["confirm_per_round"] == 2
     assert evidence["search"]["confirm_bar"] == "exact"
+    assert evidence["search"]["evaluator"] == "serial"  # --workers 1: in this process
     assert evidence["slo"] == SLO.parse(LOOSE_SLO).label and evidence["cluster"] == CLUSTER
     policy = make_policy(str(out))
     _, validate = windows
@@ -199,6 +200,50 @@ def test_ray_local_evaluations_match_local_ones(windows):
         ray_pool.close()
     assert ray_pool.workers == 2
     assert all(r.score == local.score and r.error is None for r in remote)
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("ray") is None, reason="ray (optional extra) not installed"
+)
+def test_tune_cli_runs_its_evaluations_on_a_local_ray(tmp_path):
+    out = tmp_path / "learned.yaml"
+    code = main(
+        [
+            "tune",
+            "--trace",
+            "mooncake-conversation-10min",
+            "--cluster",
+            CLUSTER,
+            "--train",
+            "0s:45s",
+            "--validate",
+            "45s:90s",
+            "--budget",
+            "3s",
+            "--slo",
+            LOOSE_SLO,
+            "--anchors",
+            "least-request,lmetric",
+            "--ray",
+            "local",
+            "--workers",
+            "2",
+            "--bootstrap-windows",
+            "2",
+            "--curve-points",
+            "2",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    search = yaml.safe_load(out.read_text())["evidence"]["search"]
+    assert search["evaluator"] == "Ray at local (2 CPUs)"
+    assert search["evaluations"] >= 2  # at least the anchors, scored as Ray tasks
+    assert set(yaml.safe_load(out.read_text())["evidence"]["validation"]["anchors"]) == {
+        "least-request",
+        "lmetric",
+    }
 
 
 def test_the_learned_mooncake_policy_loads_and_keeps_long_prompts_in_their_lane():

@@ -340,8 +340,8 @@ def _print_summary(result, doc: dict, out: Path, wall_s: float) -> None:
     for note in result.notes:
         err_console.print(f"[yellow]note:[/] {note}")
     console.print(
-        f"{result.evaluations} evaluations ({result.confirmations} confirming search "
-        f"estimates, {result.rejected} rejected); budget "
+        f"{result.evaluations} evaluations on {result.evaluator} ({result.confirmations} "
+        f"confirming search estimates, {result.rejected} rejected); budget "
         f"{result.config.budget_s:.0f} s, used {result.search_s:.0f} s up to the winner "
         f"(anchors, search, {result.finalise_reserve_s:.0f} s kept for the final re-scoring); "
         f"validation {result.validation_s:.0f} s, total {wall_s:.0f} s; policy file: {out}"

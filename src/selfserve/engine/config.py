@@ -35,6 +35,12 @@ class EngineConfig:
     enable_chunked_prefill: bool = True
     num_gpu_blocks_override: int | None = None  # fix the KV cache size (tests, what-ifs)
 
+    def __reduce__(self) -> tuple:
+        """Pickle by the fields: the default for a frozen slotted class sets them with
+        `setattr`, which a frozen (and a mypyc-compiled) dataclass refuses, so a cluster
+        could not reach a Ray task or a spawned worker process."""
+        return (EngineConfig, tuple(getattr(self, name) for name in self.__dataclass_fields__))
+
     def __post_init__(self) -> None:
         if self.max_num_seqs < 1:
             raise EngineConfigError(f"max_num_seqs must be >= 1, got {self.max_num_seqs}")

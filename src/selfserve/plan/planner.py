@@ -14,7 +14,7 @@ import math
 import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from selfserve.catalog.accelerators import Price
 from selfserve.plan.bounds import best_case_attainment
@@ -198,19 +198,6 @@ def _rate(measurement: FleetMeasurement) -> float:
     return measurement.rate_scale
 
 
-def picklable(workload: Workload) -> Workload:
-    """A copy whose requests can cross a process boundary.
-
-    `Request.tags` defaults to a read-only `mappingproxy`, which pickle refuses; workers
-    only read tags, so a plain dict per request is an equivalent stand-in.
-    """
-    requests = [
-        request if isinstance(request.tags, dict) else replace(request, tags=dict(request.tags))
-        for request in workload.requests
-    ]
-    return Workload(requests, workload.name, workload.source, workload.block_size)
-
-
 def run_options(
     workload: Workload,
     fits: Sequence[FitCheck],
@@ -230,7 +217,6 @@ def run_options(
             if on_done:
                 on_done(results[index])
     else:
-        workload = picklable(workload)
         with ProcessPoolExecutor(max_workers=jobs) as pool:
             futures = {
                 pool.submit(

@@ -79,6 +79,7 @@ def policy_document(
             "validation_s": round(result.validation_s, 1),
             "seed": config.seed,
             "evaluations": result.evaluations,
+            "evaluator": result.evaluator,
             "confirmations": result.confirmations,
             "confirm_per_round": config.confirm_per_round,
             "confirm_bar": config.confirm_bar,

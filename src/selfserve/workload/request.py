@@ -7,7 +7,7 @@ counts, chained prefix block hashes and media content hashes — never text.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Literal
 
@@ -64,6 +64,13 @@ class Request:
     # and the shared read-only empty mapping is safe to hand to every request.
     tags: Mapping[str, str] = field(default_factory=lambda: _EMPTY_TAGS)
 
+    def __reduce__(self):
+        """Pickle with the tags as a plain dict (pickle refuses a `mappingproxy`), so that
+        a workload crosses a process boundary (spawn/forkserver workers, Ray tasks)."""
+        values = [getattr(self, name) for name in self.__dataclass_fields__]
+        values[-1] = dict(self.tags)
+        return (_request_from_values, (tuple(values),))
+
     @property
     def media_tokens(self) -> int:
         return sum(part.tokens for part in self.media)
@@ -72,6 +79,12 @@ class Request:
     def total_prompt_tokens(self) -> int:
         """Text plus media tokens: the prefill sequence of an early-fusion model."""
         return self.prompt_tokens + self.media_tokens
+
+
+def _request_from_values(values: tuple) -> Request:
+    """Unpickle a `Request`; its tags become a read-only mapping again."""
+    request = Request(*values)
+    return replace(request, tags=MappingProxyType(dict(request.tags)))
 
 
 @dataclass(slots=True)
