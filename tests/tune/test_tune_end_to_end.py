@@ -99,38 +99,37 @@ def test_ctrl_c_during_search_keeps_the_best_so_far(windows):
     make_policy(result.winner_doc)  # a loadable policy either way
 
 
+def _small_tune(out, *options: str) -> list[str]:
+    """`selfserve tune` on the windows above, two anchors, two sub-windows."""
+    return [
+        "tune",
+        "--trace",
+        "mooncake-conversation-10min",
+        "--cluster",
+        CLUSTER,
+        "--train",
+        "0s:45s",
+        "--validate",
+        "45s:90s",
+        "--slo",
+        LOOSE_SLO,
+        "--anchors",
+        "least-request,lmetric",
+        "--bootstrap-windows",
+        "2",
+        "--curve-points",
+        "2",
+        "--out",
+        str(out),
+        *options,
+    ]
+
+
 def test_tune_cli_writes_a_policy_file_the_simulator_loads(windows, tmp_path):
     out, report, payload = tmp_path / "learned.yaml", tmp_path / "tune.html", tmp_path / "tune.json"
     code = main(
-        [
-            "tune",
-            "--trace",
-            "mooncake-conversation-10min",
-            "--cluster",
-            CLUSTER,
-            "--train",
-            "0s:45s",
-            "--validate",
-            "45s:90s",
-            "--budget",
-            "2s",
-            "--slo",
-            LOOSE_SLO,
-            "--anchors",
-            "least-request,lmetric",
-            "--workers",
-            "1",
-            "--bootstrap-windows",
-            "2",
-            "--curve-points",
-            "2",
-            "--out",
-            str(out),
-            "--json",
-            str(payload),
-            "--html",
-            str(report),
-        ]
+        _small_tune(out, "--budget", "2s", "--workers", "1")
+        + ["--json", str(payload), "--html", str(report)]
     )
     assert code == 0
     doc = yaml.safe_load(out.read_text())
@@ -207,35 +206,7 @@ def test_ray_local_evaluations_match_local_ones(windows):
 )
 def test_tune_cli_runs_its_evaluations_on_a_local_ray(tmp_path):
     out = tmp_path / "learned.yaml"
-    code = main(
-        [
-            "tune",
-            "--trace",
-            "mooncake-conversation-10min",
-            "--cluster",
-            CLUSTER,
-            "--train",
-            "0s:45s",
-            "--validate",
-            "45s:90s",
-            "--budget",
-            "3s",
-            "--slo",
-            LOOSE_SLO,
-            "--anchors",
-            "least-request,lmetric",
-            "--ray",
-            "local",
-            "--workers",
-            "2",
-            "--bootstrap-windows",
-            "2",
-            "--curve-points",
-            "2",
-            "--out",
-            str(out),
-        ]
-    )
+    code = main(_small_tune(out, "--budget", "3s", "--ray", "local", "--workers", "2"))
     assert code == 0
     search = yaml.safe_load(out.read_text())["evidence"]["search"]
     assert search["evaluator"] == "Ray at local (2 CPUs)"
