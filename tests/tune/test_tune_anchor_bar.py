@@ -147,7 +147,7 @@ def test_a_tie_on_capacity_returns_the_shorter_tail_but_the_bar_stays_the_higher
     evaluator = _ScriptedEvaluator(
         {
             ("search", "lmetric"): (1.00, 9.0),
-            ("search", "least-kv"): (0.99, 3.0),
+            ("search", "least-kv"): (0.95, 3.0),  # no tie on the search window
             ("train", "lmetric"): (1.00, 9.0),
             ("train", "least-kv"): (0.99, 3.0),
             ("validate", "lmetric"): (1.00, 9.0),
@@ -157,6 +157,7 @@ def test_a_tie_on_capacity_returns_the_shorter_tail_but_the_bar_stays_the_higher
     result = _tune_with_a_search_window(evaluator)
     assert result.best_anchor == "least-kv"
     assert result.winner_doc == {"kind": "anchor", "name": "least-kv"}
+    assert any("'least-kv' (0.99, p99 TTFT 3.00 s) ties 'lmetric'" in n for n in result.notes)
     assert any("ties a higher score (1)" in note for note in result.notes)
     assert any("vs 1); the result is that anchor" in note for note in result.notes)
 

@@ -888,11 +888,19 @@ class _SearchState:
         if scored:
             best = best_anchor_of(scored, self.config.final_rel_tol)
             if best != self.best_anchor:
+                new, old = scored[best], scored[self.best_anchor]
+                if new.score > old.score:
+                    how = f"({new.score:.4g}) beats {self.best_anchor!r} ({old.score:.4g})"
+                else:
+                    how = (
+                        f"({new.score:.4g}, p99 TTFT {new.p99_ttft_s:.2f} s) ties "
+                        f"{self.best_anchor!r} ({old.score:.4g}, {old.p99_ttft_s:.2f} s) within "
+                        f"the {self.config.final_rel_tol:.0%} resolution of the capacity search "
+                        "with the shorter tail"
+                    )
                 self.notes.append(
-                    f"on the whole training window {best!r} ({scored[best].score:.4g}) beats "
-                    f"{self.best_anchor!r} ({scored[self.best_anchor].score:.4g}), the best "
-                    "anchor on the search window (ties within the capacity search's "
-                    "resolution go to the shorter p99 TTFT)"
+                    f"on the whole training window {best!r} {how}; {self.best_anchor!r} was "
+                    "the best anchor on the search window"
                 )
                 self.best_anchor = best
 
