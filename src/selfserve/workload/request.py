@@ -7,7 +7,7 @@ counts, chained prefix block hashes and media content hashes — never text.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Literal
 
@@ -67,9 +67,9 @@ class Request:
     def __reduce__(self):
         """Pickle with the tags as a plain dict (pickle refuses a `mappingproxy`), so that
         a workload crosses a process boundary (spawn/forkserver workers, Ray tasks)."""
-        values = [getattr(self, name) for name in self.__dataclass_fields__]
-        values[-1] = dict(self.tags)
-        return (_request_from_values, (tuple(values),))
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        fields["tags"] = dict(self.tags)
+        return (_request_from_fields, (fields,))
 
     @property
     def media_tokens(self) -> int:
@@ -81,10 +81,10 @@ class Request:
         return self.prompt_tokens + self.media_tokens
 
 
-def _request_from_values(values: tuple) -> Request:
+def _request_from_fields(fields: dict) -> Request:
     """Unpickle a `Request`; its tags become a read-only mapping again."""
-    request = Request(*values)
-    return replace(request, tags=MappingProxyType(dict(request.tags)))
+    tags = fields["tags"]
+    return Request(**{**fields, "tags": MappingProxyType(tags) if tags else _EMPTY_TAGS})
 
 
 @dataclass(slots=True)
