@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from concurrent.futures import Future
+from dataclasses import replace
 
 import pytest
 
@@ -188,19 +189,25 @@ class _GuardRecorder(_ScriptedEvaluator):
     and 80 % at 8 s on the whole training window; records the guards of every plan."""
 
     FIGURES = {"search": (0.70, 5.0), "train": (0.80, 8.0), "validate": (0.80, 8.0)}
+    HOPELESS_P50_S = {"search": 30.0, "train": 40.0, "validate": 40.0}
 
     def __init__(self) -> None:
         super().__init__({})
         self.plans: list[tuple[str, str, float, float]] = []
+        self.hopeless_limits: list[tuple[str, str, float]] = []
 
     def submit(self, key, doc, plan) -> Future:
         super().submit(key, doc, plan)
         window_key, name = key.split("#")[0], self.jobs[-1][1]
         self.plans.append((window_key, name, plan.long_floor, plan.p99_limit_s))
+        self.hopeless_limits.append((window_key, name, plan.hopeless_limit_s))
         long, p99 = self.FIGURES[window_key]
         future: Future = Future()
         score = 0.1 if name == "expression" else 1.0
-        future.set_result(_evaluation(score, p99_ttft_s=p99, long_attainment=long))
+        evaluation = _evaluation(score, p99_ttft_s=p99, long_attainment=long)
+        future.set_result(
+            replace(evaluation, infeasible_p50_ttft_s=self.HOPELESS_P50_S[window_key])
+        )
         return future
 
 
@@ -218,3 +225,11 @@ def test_the_shortlist_is_guarded_against_the_bar_on_the_window_it_is_scored_on(
     assert shortlist and anchors and max(anchors) < min(shortlist)
     assert all(evaluator.plans[i][2:] == pytest.approx((0.75, 16.0)) for i in shortlist)
     assert result.long_floor == pytest.approx(0.75) and result.p99_limit_s == pytest.approx(16.0)
+    # the hopeless requests' median TTFT is held to 2x the anchor's on the same window
+    limits = evaluator.hopeless_limits
+    searched = [lim for w, n, lim in limits if w == "search" and n == "expression"]
+    shortlisted = [lim for w, n, lim in limits if w == "train" and n == "expression"]
+    assert searched and all(lim == pytest.approx(60.0) for lim in searched)
+    assert shortlisted and all(lim == pytest.approx(80.0) for lim in shortlisted)
+    assert all(lim == 0.0 for w, n, lim in limits if n != "expression")  # anchors: unguarded
+    assert result.hopeless_limit_s == pytest.approx(80.0)

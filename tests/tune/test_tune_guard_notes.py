@@ -8,7 +8,9 @@ from selfserve.tune.tuner import TuneConfig
 from selfserve.tune.validation import WINNER, guard_notes
 
 
-def _at_capacity(long_attainment: float, p99_ttft_s: float) -> Evaluation:
+def _at_capacity(
+    long_attainment: float, p99_ttft_s: float, hopeless_p50_s: float = float("nan")
+) -> Evaluation:
     return Evaluation(
         score=5.0,
         objective="capacity",
@@ -17,6 +19,7 @@ def _at_capacity(long_attainment: float, p99_ttft_s: float) -> Evaluation:
         probes=(),
         is_exact=True,
         long_attainment=long_attainment,
+        infeasible_p50_ttft_s=hopeless_p50_s,
     )
 
 
@@ -42,3 +45,15 @@ def test_guards_that_held_or_do_not_apply_add_nothing():
     broken = {WINNER: _at_capacity(0.5, 90.0), "lmetric": _at_capacity(0.78, 8.6)}
     assert guard_notes(broken, "lmetric", TuneConfig(objective="capacity-all")) == []
     assert guard_notes({"lmetric": broken["lmetric"]}, "lmetric", TuneConfig()) == []
+
+
+def test_hopeless_requests_parked_beyond_the_factor_on_validation_are_reported():
+    # chat + 1M mix (session 8): 0.9 % of requests, under the p99's reach, wait a median
+    # 2357.6 s under the learned policy vs 87.3 s under llm-d
+    validation = {
+        WINNER: _at_capacity(0.92, 34.0, 2357.6),
+        "llm-d": _at_capacity(0.91, 294.0, 87.3),
+    }
+    notes = guard_notes(validation, "llm-d", TuneConfig())
+    assert len(notes) == 1 and "2357.6 s" in notes[0] and "87.3 s under llm-d" in notes[0]
+    assert guard_notes(validation, "llm-d", TuneConfig(tail_factor=30.0)) == []

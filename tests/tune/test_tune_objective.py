@@ -136,3 +136,14 @@ def test_figures_at_capacity_are_the_probes_own_without_smoothing():
     closest = _closest_passing(probes, capacity)
     assert fields["long_attainment"] == closest.long_attainment and p99 == closest.p99_ttft_s
     assert figures_at_capacity([Probe(1.0, 0.5, 1.0)], 1.0, True, plan) == (math.inf, {})
+
+
+def test_a_probe_fails_when_the_hopeless_requests_wait_past_their_limit():
+    """The p99 TTFT does not see requests no replica serves in time when they are under 1 %;
+    their median TTFT has its own limit (chat + 1M mix: parked a median 39 minutes)."""
+    probe = Probe(1.0, 0.95, 30.0, hopeless_p50_ttft_s=2357.6, hopeless_limit_s=174.6)
+    assert not probe.passes() and probe.margin() < -10.0
+    assert Probe(1.0, 0.95, 30.0, hopeless_p50_ttft_s=90.0, hopeless_limit_s=174.6).passes()
+    # no hopeless requests (NaN) or no limit: the guard does not apply
+    assert Probe(1.0, 0.95, 30.0, hopeless_limit_s=174.6).passes()
+    assert Probe(1.0, 0.95, 30.0, hopeless_p50_ttft_s=2357.6).passes()

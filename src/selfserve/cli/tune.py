@@ -79,8 +79,8 @@ def register(subparsers) -> None:
         "--tail-factor",
         type=float,
         default=2.0,
-        help="capacity: p99 TTFT may be at most this times the best anchor's (default 2; 0: "
-        "no limit)",
+        help="capacity: p99 TTFT, and the median TTFT of the requests no replica serves in "
+        "time, may be at most this times the best anchor's (default 2; 0: no limit)",
     )
     parser.add_argument(
         "--confirm-per-round",

@@ -65,6 +65,7 @@ def policy_document(
             "long_prompt_attainment_floor": _number(result.long_floor),
             "margin": config.guard_margin,
             "p99_ttft_limit_s": _number(result.p99_limit_s),
+            "hopeless_p50_ttft_limit_s": _number(result.hopeless_limit_s),
             "tail_factor": config.tail_factor,
             "classes": {
                 key: c.summary()

@@ -5,8 +5,9 @@ Objectives (higher score is better):
   *feasible* requests (those an idle replica would serve in time, see `feasibility`) stays
   ≥ 90% and — when the plan sets them — the long feasible requests keep at least
   `long_floor` attainment and the p99 TTFT of all completed requests stays under
-  `p99_limit_s` (the tuner sets both from the best anchor's, so a winner can buy capacity
-  neither by giving up on long prompts nor by starving the hopeless ones). Found by a geometric bracket around a starting
+  `p99_limit_s`, and the median TTFT of the requests no replica serves in time stays under
+  `hopeless_limit_s` (the tuner sets all three from the best anchor's, so a winner can buy
+  capacity neither by giving up on long prompts nor by starving the hopeless ones). Found by a geometric bracket around a starting
   guess, then bisection in log space to a relative tolerance, then linear interpolation of
   the pass margin inside the last bracket (a continuous value, so the optimizer sees small
   improvements). Ties: lower p99 TTFT. Near 90% the attainment curve is flat and not
@@ -53,6 +54,9 @@ class EvalPlan:
     target: float = ATTAINMENT_TARGET
     long_floor: float = 0.0  # a probe passes only if long requests keep this attainment
     p99_limit_s: float = 0.0  # ... and p99 TTFT of all completed requests stays below this
+    # ... and the requests no replica serves in time wait a median TTFT below this (the p99
+    # does not see them when they are under 1 % of the requests)
+    hopeless_limit_s: float = 0.0
     # Exact scoring: after the bisection, probe this many points of the shared rate grid
     # around the crossing and take the root of a least-squares line through their margins
     # (0: the bisection's own estimate). See `smooth_capacity`.
@@ -75,6 +79,8 @@ class Probe:
     long_attainment: float = math.nan
     long_floor: float = 0.0
     p99_limit_s: float = 0.0
+    hopeless_p50_ttft_s: float = math.nan
+    hopeless_limit_s: float = 0.0
 
     def margin(self, target: float = ATTAINMENT_TARGET) -> float:
         """How far the probe is inside the pass region (>= 0 passes): the least of the
@@ -85,6 +91,9 @@ class Probe:
             value = min(value, self.long_attainment - self.long_floor)
         if self.p99_limit_s > 0.0 and self.p99_ttft_s == self.p99_ttft_s:
             value = min(value, (self.p99_limit_s - self.p99_ttft_s) / self.p99_limit_s)
+        if self.hopeless_limit_s > 0.0 and self.hopeless_p50_ttft_s == self.hopeless_p50_ttft_s:
+            headroom = self.hopeless_limit_s - self.hopeless_p50_ttft_s
+            value = min(value, headroom / self.hopeless_limit_s)
         return value
 
     def passes(self, target: float = ATTAINMENT_TARGET) -> bool:
@@ -156,13 +165,14 @@ def run_probe(
     feasible_only: bool = False,
     long_floor: float = 0.0,
     p99_limit_s: float = 0.0,
+    hopeless_limit_s: float = 0.0,
 ) -> Probe:
     """Simulate once at `rate`; with `classes`, attainment per request class too."""
     from selfserve.sim import simulate  # imported late: worker processes import on demand
 
     result = simulate(workload, cluster, policy_doc, rate_scale=rate, seed=seed, slo=slo)
     summary = _plain(result.summary(slo))
-    attainment, long = attainment_of(summary), math.nan
+    attainment, long, hopeless_p50 = attainment_of(summary), math.nan, math.nan
     if classes is not None:
         per_class = class_attainment(result.records, result.slo, classes)
         summary.update(
@@ -172,7 +182,7 @@ def run_probe(
             long_p99_ttft_s=per_class.long_p99_ttft_s,
             infeasible_p50_ttft_s=per_class.infeasible_p50_ttft_s,
         )
-        long = per_class.long
+        long, hopeless_p50 = per_class.long, per_class.infeasible_p50_ttft_s
         if feasible_only:
             attainment = per_class.feasible
     elif feasible_only:
@@ -185,6 +195,8 @@ def run_probe(
         long_attainment=long,
         long_floor=long_floor,
         p99_limit_s=p99_limit_s,
+        hopeless_p50_ttft_s=hopeless_p50,
+        hopeless_limit_s=hopeless_limit_s,
     )
 
 
@@ -333,6 +345,7 @@ def find_capacity(
             feasible_only=plan.feasible_only,
             long_floor=plan.long_floor,
             p99_limit_s=plan.p99_limit_s,
+            hopeless_limit_s=plan.hopeless_limit_s,
         )
 
     return search_capacity(simulate_at, plan)

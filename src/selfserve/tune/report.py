@@ -78,6 +78,11 @@ def class_note(result: TuneResult) -> str | None:
             f" and p99 TTFT <= {result.p99_limit_s:.1f} s "
             f"({result.config.tail_factor:g}x the best anchor's on training)"
         )
+    if result.hopeless_limit_s > 0:
+        text += (
+            f", and the requests no replica serves in time a median TTFT <= "
+            f"{result.hopeless_limit_s:.1f} s ({result.config.tail_factor:g}x the best anchor's)"
+        )
     return text + _infeasible_note(result, classes.feasible_share)
 
 

@@ -102,7 +102,8 @@ class TuneConfig:
     cache_path: str | None = None  # remember evaluations across runs (anchors, validation)
     structural_per_round: int | None = None  # default: one per worker
     guard_margin: float = 0.05  # long requests may lose at most this attainment vs the anchor
-    tail_factor: float = 2.0  # p99 TTFT may be at most this times the anchor's (0: no limit)
+    # p99 TTFT, and the median TTFT of the hopeless requests, at most this x the anchor's
+    tail_factor: float = 2.0
     ci_anchors: int = 2  # besides the best training anchor, CIs for the best N on validation
     # Exact scores (the bar, the shortlist, validation): grid points of the line fitted
     # through the crossing (objective.smooth_capacity); 0 keeps the bisection's estimate.
@@ -190,6 +191,7 @@ class TuneResult:
     classes: dict[str, RequestClasses] = field(default_factory=dict)  # window key -> classes
     long_floor: float = 0.0  # the guard used in search (0: none)
     p99_limit_s: float = 0.0  # the guard's p99 TTFT limit (0: none)
+    hopeless_limit_s: float = 0.0  # the guard's limit on the hopeless requests' median TTFT
     finalise_reserve_s: float = 0.0  # budget kept back for re-scoring the shortlist
     # Prefix hits at capacity on validation vs the pooled-cache limit (None: no hashes).
     headroom: PrefillHeadroom | None = None
@@ -372,6 +374,7 @@ def tune(
         classes=classes,
         long_floor=state.long_floor,
         p99_limit_s=state.p99_limit_s,
+        hopeless_limit_s=state.hopeless_limit_s,
         finalise_reserve_s=state.reserve_s,
         headroom=headroom,
         evaluator=evaluator.description,
@@ -437,6 +440,7 @@ class _SearchState:
     num_replicas: int = 0
     long_floor: float = 0.0
     p99_limit_s: float = 0.0
+    hopeless_limit_s: float = 0.0
     reserve_s: float = 0.0
     # Removes the winner's `if` branches it never takes on the training window (see prune).
     pruner: Callable[[Candidate, Evaluation], Pruned | None] | None = None
@@ -462,7 +466,10 @@ class _SearchState:
         self._run_anchor_jobs(
             {
                 name: replace(
-                    self._exact_plan(usable[name].capacity or 1.0), long_floor=0.0, p99_limit_s=0.0
+                    self._exact_plan(usable[name].capacity or 1.0),
+                    long_floor=0.0,
+                    p99_limit_s=0.0,
+                    hopeless_limit_s=0.0,
                 )
                 for name in top
             }
@@ -574,6 +581,7 @@ class _SearchState:
             seed=self.config.seed,
             long_floor=self.long_floor,
             p99_limit_s=self.p99_limit_s,
+            hopeless_limit_s=self.hopeless_limit_s,
         )
 
     def finalise_reserve_s(self) -> float:
@@ -731,6 +739,11 @@ class _SearchState:
             and anchor.p99_ttft_s > 0
         ):
             self.p99_limit_s = self.config.tail_factor * anchor.p99_ttft_s
+        # The p99 does not see the requests no replica serves in time when they are under
+        # 1 % (chat + 1M-token mix: 0.9 %, parked on one replica for a median 39 minutes).
+        hopeless = anchor.infeasible_p50_ttft_s
+        if self.config.tail_factor > 0 and math.isfinite(hopeless) and hopeless > 0:
+            self.hopeless_limit_s = self.config.tail_factor * hopeless
 
     def _exact_plan(self, start_rate: float) -> EvalPlan:
         """How exact scores are measured (the shortlist, the bar, confirmations)."""
@@ -742,6 +755,7 @@ class _SearchState:
             seed=self.config.seed,
             long_floor=self.long_floor,
             p99_limit_s=self.p99_limit_s,
+            hopeless_limit_s=self.hopeless_limit_s,
             smooth_points=self.config.smooth_points,
         )
 
@@ -788,6 +802,7 @@ class _SearchState:
                     start_rate=self.anchor_train[name].capacity or plan.start_rate,
                     long_floor=0.0,
                     p99_limit_s=0.0,
+                    hopeless_limit_s=0.0,
                 ),
             ): name
             for name in self._train_anchors()

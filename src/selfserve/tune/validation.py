@@ -193,4 +193,12 @@ def guard_notes(validation: Mapping[str, Evaluation], best_anchor: str, config) 
             f"{anchor.p99_ttft_s:.1f} s under {best_anchor}: more than the tail guard's "
             f"{config.tail_factor:g}x (it held on training)"
         )
+    hopeless_s = config.tail_factor * anchor.infeasible_p50_ttft_s
+    if config.tail_factor > 0 and winner.infeasible_p50_ttft_s > hopeless_s:  # NaN: False
+        notes.append(
+            f"on validation the requests no replica serves in time wait a median "
+            f"{winner.infeasible_p50_ttft_s:.1f} s under the learned policy vs "
+            f"{anchor.infeasible_p50_ttft_s:.1f} s under {best_anchor}: more than the tail "
+            f"guard's {config.tail_factor:g}x (it held on training)"
+        )
     return notes
