@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from selfserve.tune.feasibility import RequestClasses, class_attainment, classify
@@ -65,6 +65,10 @@ class EvalPlan:
     @property
     def feasible_only(self) -> bool:
         return self.objective in FEASIBLE_OBJECTIVES
+
+    def unguarded(self, **changes: Any) -> EvalPlan:
+        """This plan without the candidates' guards (how anchors are measured)."""
+        return replace(self, long_floor=0.0, p99_limit_s=0.0, hopeless_limit_s=0.0, **changes)
 
 
 @dataclass(frozen=True, slots=True)

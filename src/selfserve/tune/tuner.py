@@ -464,15 +464,7 @@ class _SearchState:
         # to ~3 % from the smoothed scores of the candidates it is compared with (Mooncake
         # conversation x6: lmetric 2.218 bisected, 2.159 smoothed).
         self._run_anchor_jobs(
-            {
-                name: replace(
-                    self._exact_plan(usable[name].capacity or 1.0),
-                    long_floor=0.0,
-                    p99_limit_s=0.0,
-                    hopeless_limit_s=0.0,
-                )
-                for name in top
-            }
+            {name: self._exact_plan(usable[name].capacity or 1.0).unguarded() for name in top}
         )
         usable = {n: e for n, e in self.anchor_train.items() if e.error is None}
         if not usable:
@@ -797,13 +789,7 @@ class _SearchState:
             self.evaluator.submit(
                 "train",
                 name,
-                replace(
-                    plan,
-                    start_rate=self.anchor_train[name].capacity or plan.start_rate,
-                    long_floor=0.0,
-                    p99_limit_s=0.0,
-                    hopeless_limit_s=0.0,
-                ),
+                plan.unguarded(start_rate=self.anchor_train[name].capacity or plan.start_rate),
             ): name
             for name in self._train_anchors()
             if name not in self.train_exact
